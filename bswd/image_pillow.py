@@ -1,4 +1,4 @@
-"""Formats rebuilt through Pillow's own writers (everything but PNG, which is chunk-exact).
+"""Formats rebuilt through Pillow's writers (all but PNG and GIF, kept exact by image_streams).
 
 Each frame is taken as Pillow decodes it: its mode, its samples (model planes where they are
 8-bit or 16-bit intensities, a classical codec otherwise), its palette and its info (duration,
@@ -48,7 +48,6 @@ _TIFF_LAYOUT = {254, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 292,
 _EXIF_IFDS = (0x8769, 0x8825)  # Exif and GPS sub-IFDs
 
 
-
 class Budget(Protocol):
     name: str
 
@@ -76,6 +75,7 @@ def split(im: Image.Image, data: bytes, budget: Budget) -> dict[str, Any]:
     planes: list[np.ndarray] = []
     for index, frame in enumerate(_frames(im, n_frames, budget)):
         _check_hidden_depth(fmt, data, frame)
+        lossy = lossy or _tiff_page_is_lossy(frame)  # each TIFF page has its own compression
         label = f"frame {index}" if n_frames > 1 else "image"
         meta, more = _split_frame(frame, fmt, out, planes, label)
         frames.append(meta)
@@ -195,9 +195,13 @@ def _is_lossy(fmt: str, data: bytes, im: Image.Image) -> bool:
         return True
     if fmt == "WEBP":
         return _webp_has_lossy_chunk(data)
-    if fmt == "TIFF":
-        return str(im.info.get("compression", "")) in _TIFF_LOSSY
-    return False
+    return _tiff_page_is_lossy(im)
+
+
+def _tiff_page_is_lossy(im: Image.Image) -> bool:
+    if not isinstance(im, TiffImagePlugin.TiffImageFile):
+        return False
+    return str(im.info.get("compression", "")) in _TIFF_LOSSY
 
 
 def _webp_has_lossy_chunk(data: bytes) -> bool:

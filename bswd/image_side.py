@@ -64,7 +64,10 @@ def unpack_side(side: bytes) -> tuple[dict[str, Any], list[bytes]]:
     if version != SIDE_VERSION:
         raise SideDataError(f"image side data version {version} is not supported")
     pos = _HEAD.size
-    header = json.loads(_take(view, pos, head_len).decode("utf-8"))
+    try:
+        header = json.loads(_take(view, pos, head_len).decode("utf-8"))
+    except ValueError as exc:  # bad UTF-8 or JSON
+        raise SideDataError(f"image side data header is not JSON ({exc})") from exc
     pos += head_len
     (count,) = _COUNT.unpack(_take(view, pos, _COUNT.size))
     pos += _COUNT.size
@@ -150,7 +153,7 @@ def encode_array(array: np.ndarray, out: BlobWriter) -> dict[str, Any]:
     meta: dict[str, Any] = {"dtype": array.dtype.str, "shape": list(array.shape)}
     if _png_fits(array):
         image = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
-        data = bytes(imagecodecs.png_encode(image, level=9))
+        data = bytes(imagecodecs.png_encode(image))
         meta["codec"] = "png"
     else:
         little = array.astype(array.dtype.newbyteorder("<"), copy=False)
@@ -170,12 +173,16 @@ def decode_array(meta: dict[str, Any], blobs: Sequence[bytes]) -> np.ndarray:
     except (KeyError, TypeError, ValueError) as exc:
         raise SideDataError(f"image side data: bad array description {meta!r}") from exc
     data = blob_at(blobs, meta)
-    if codec == "png":
-        array = np.asarray(imagecodecs.png_decode(data))
-    elif codec == "zlib":
-        array = np.frombuffer(zlib.decompress(data), dtype=dtype)
-    else:
-        raise SideDataError(f"image side data: unknown plane codec {codec!r}")
+    try:
+        if codec == "png":
+            array = np.asarray(imagecodecs.png_decode(data))
+        elif codec == "zlib":
+            array = np.frombuffer(zlib.decompress(data), dtype=dtype)
+        else:
+            raise SideDataError(f"image side data: unknown plane codec {codec!r}")
+    except (zlib.error, imagecodecs.PngError, ValueError) as exc:
+        raise SideDataError(f"image side data: a classical plane does not decode ({exc})") \
+            from exc
     if array.size != int(np.prod(shape)):
         raise SideDataError("image side data: a classical plane has the wrong size")
     return np.ascontiguousarray(array.astype(dtype, copy=False).reshape(shape))

@@ -179,41 +179,55 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
                   imagecodecs.PngError)
 
 
+@dataclass(frozen=True)
+class _Limit:
+    """The pixel limit in force and, for error messages, where it comes from."""
+
+    pixels: int
+    source: str
+
+
 @dataclass
 class _Budget:
     """Pixels decoded so far for this file; every frame is charged before it is decoded."""
 
     name: str
-    limit: int
+    limit: _Limit
     used: int = 0
 
     def charge(self, size: tuple[int, int], frames: int = 1) -> None:
         _check_pixels(self.name, size, self.limit)
         self.used += size[0] * size[1] * frames
-        if self.used > self.limit:
-            raise TooManyPixelsError(self.name, f"its frames add up to more than {self.limit:,} "
-                                                "pixels, the limit (checked before decoding)")
+        if self.used > self.limit.pixels:
+            raise TooManyPixelsError(self.name, f"its frames add up to more than "
+                                                f"{self.limit.pixels:,} pixels, {self.limit.source}"
+                                                " (checked before decoding)")
 
 
-def _effective_limit(max_pixels: int) -> int:
+def _effective_limit(max_pixels: int) -> _Limit:
     """Our limit, never above Pillow's: an image Pillow would only warn about is refused here.
-    Pillow's own check stays on; we never change Image.MAX_IMAGE_PIXELS."""
+    Pillow's own check stays on; we never change Image.MAX_IMAGE_PIXELS (a process-wide
+    setting that only the program's entry point may raise)."""
     if max_pixels <= 0:
         raise ValueError("max_pixels must be positive")
     pillow = Image.MAX_IMAGE_PIXELS
-    return max_pixels if pillow is None else min(max_pixels, int(pillow))
+    if pillow is not None and int(pillow) < max_pixels:
+        return _Limit(int(pillow), f"the limit (max_pixels {max_pixels:,} is capped by "
+                                   "PIL.Image.MAX_IMAGE_PIXELS)")
+    return _Limit(max_pixels, "the max_pixels limit")
 
 
-def _check_pixels(name: str, size: tuple[int, int], limit: int) -> None:
+def _check_pixels(name: str, size: tuple[int, int], limit: _Limit) -> None:
     width, height = size
     if width <= 0 or height <= 0:
         raise EmptyImageError(name, f"the image has no pixels ({width}×{height})")
-    if width * height > limit:
-        raise TooManyPixelsError(name, f"{width}×{height} = {width * height:,} pixels would "
-                                       f"exceed the limit of {limit:,} (checked before decoding)")
+    if width * height > limit.pixels:
+        raise TooManyPixelsError(name, f"{width}×{height} = {width * height:,} pixels exceeds "
+                                       f"{limit.pixels:,}, {limit.source} (checked before "
+                                       "decoding)")
 
 
-def _check_png_header(data: bytes, name: str, limit: int) -> None:
+def _check_png_header(data: bytes, name: str, limit: _Limit) -> None:
     """Read the IHDR ourselves so a PNG bomb is refused before Pillow even parses it."""
     try:
         header = png.declared_header(data)
@@ -296,7 +310,7 @@ def _finish(parts: image_streams.Parts) -> SplitImage:
                       extension=header["extension"])
 
 
-def _verify(data: bytes, split: SplitImage, name: str, limit: int) -> None:
+def _verify(data: bytes, split: SplitImage, name: str, limit: _Limit) -> None:
     """Rebuild with the identity codec and compare: never call a lossy result lossless."""
     try:
         rebuilt, _ = join_image(split.planes, split.side)
@@ -306,7 +320,7 @@ def _verify(data: bytes, split: SplitImage, name: str, limit: int) -> None:
     same_format = split.output_format == split.source_format and not split.lossy_source
     try:
         problem = image_check.first_difference(data, rebuilt, same_format=same_format,
-                                               limit=limit)
+                                               limit=limit.pixels)
     except _DECODE_ERRORS as exc:
         problem = f"the rebuilt file does not reopen ({exc})"
     if problem:

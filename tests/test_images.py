@@ -425,6 +425,13 @@ def test_huge_declared_png_is_refused_before_decoding(side: int) -> None:
     assert Image.MAX_IMAGE_PIXELS is not None
 
 
+def test_limit_above_pillows_is_capped_and_says_so() -> None:
+    """Pillow's bomb check is never switched off: a larger max_pixels is capped, loudly."""
+    data = png(10000, 10000, 8, 0, [b"\x00"])
+    with pytest.raises(TooManyPixelsError, match="capped by PIL.Image.MAX_IMAGE_PIXELS"):
+        split_image(data, name="bomb.png", max_pixels=200_000_000)
+
+
 def test_pixel_limit_is_configurable() -> None:
     data = save(Image.fromarray(noise(20, 20)), "PNG")
     with pytest.raises(TooManyPixelsError):
@@ -586,6 +593,8 @@ def test_join_checks_planes_against_side() -> None:
         join_image(split.planes, b"XXXX" + split.side[4:])
     with pytest.raises(SideDataError):
         join_image(split.planes, split.side[:-3])
+    with pytest.raises(SideDataError, match="version 99"):
+        join_image(split.planes, split.side[:4] + bytes([99]) + split.side[5:])
 
 
 def test_pixel_checksum_covers_shape_dtype_and_order() -> None:
