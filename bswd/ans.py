@@ -1,0 +1,165 @@
+"""Vectorized rANS over many lanes (numpy). Pure: no model, no files, no torch.
+
+A *lane* is one independent ANS message: K interleaved head states (int64, each kept in
+[2**31, 2**63)) and one stack of 32-bit words shared by its heads. Many lanes live in one
+``Lanes`` object as rows; every operation takes ``rows``, the lanes it acts on, so lanes of
+different images can be advanced together and join or leave between steps.
+
+One symbol per head per call: ``push(rows, starts, freqs, mask)`` codes, for every row r and head
+k with mask[r, k], a symbol occupying [start, start + freq) of [0, 2**precision). ``peek`` gives
+the cumulative frequency a pop would decode; after looking the symbol up, ``pop`` removes it.
+push and pop are exact inverses, in both orders (the bits-back property):
+pop(push(s)) restores the state, and push(pop()) restores it too.
+
+Word order: when several heads of one lane emit a word in the same push, they are appended in
+ascending head order; a pop refills them from the top in the mirrored order.
+
+Initial bits: a fresh lane's stack holds ``reservoir`` words drawn from a seed (splitmix64, stable
+forever). The first pops consume them. ``low_water`` records how deep the stack was ever popped:
+words below it were never touched, so a file need not store them (the decoder regenerates them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STATE_LOWER = 1 << 31  # L: heads live in [L, 2**63)
+WORD_BITS = 32
+WORD_MASK = (1 << WORD_BITS) - 1
+MAX_PRECISION = 31
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+class AnsError(ValueError):
+    """The coder was asked to do something impossible (e.g. pop past the bottom of a stack)."""
+
+
+def seed_words(seed: int, lane: int, count: int) -> np.ndarray:
+    """``count`` pseudo-random uint32 words for ``lane`` of ``seed`` (splitmix64; never changes).
+
+    >>> seed_words(1, 0, 4).tolist()
+    [2298633409, 2433363436, 1703865447, 3203108257]
+    """
+    n64 = (count + 1) // 2
+    with np.errstate(over="ignore"):
+        base = np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ (np.uint64(lane) * _GOLDEN)
+        z = base + _GOLDEN * np.arange(1, n64 + 1, dtype=np.uint64)
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+    return z.view(np.uint32)[:count].copy()
+
+
+class Lanes:
+    """Rows of rANS lanes: heads int64 [n_rows, K], word stacks uint32 [n_rows, capacity]."""
+
+    def __init__(self, n_rows: int, head_width: int, precision: int, capacity: int = 1024):
+        if not 1 <= precision <= MAX_PRECISION:
+            raise AnsError(f"precision must be in 1..{MAX_PRECISION}, got {precision}")
+        self.precision = precision
+        self.head_width = head_width
+        self.heads = np.full((n_rows, head_width), STATE_LOWER, dtype=np.int64)
+        self.words = np.zeros((n_rows, max(capacity, 1)), dtype=np.uint32)
+        self.ptr = np.zeros(n_rows, dtype=np.int64)
+        self.low_water = np.zeros(n_rows, dtype=np.int64)
+
+    # ---- lane set-up and read-out ------------------------------------------------------------
+    def start(self, row: int, seed: int, lane: int, reservoir: int) -> None:
+        """Make ``row`` a fresh lane: heads at L, ``reservoir`` seed words on its stack."""
+        self._reserve(np.array([reservoir]))
+        self.heads[row] = STATE_LOWER
+        self.words[row, :reservoir] = seed_words(seed, lane, reservoir)
+        self.ptr[row] = reservoir
+        self.low_water[row] = reservoir
+
+    def load(self, row: int, seed: int, lane: int, low_water: int, heads: np.ndarray,
+             words: np.ndarray) -> None:
+        """Restore a lane written by ``payload``: regenerate the untouched seed words below it."""
+        total = low_water + len(words)
+        self._reserve(np.array([total]))
+        self.words[row, :low_water] = seed_words(seed, lane, low_water)
+        self.words[row, low_water:total] = words
+        self.ptr[row] = total
+        self.low_water[row] = low_water
+        self.heads[row] = heads.astype(np.int64)
+
+    def payload(self, row: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(low_water, heads uint64 [K], words uint32 above low_water, bottom first)."""
+        lw = int(self.low_water[row])
+        return lw, self.heads[row].astype(np.uint64), self.words[row, lw : self.ptr[row]].copy()
+
+    def is_initial(self, row: int, seed: int, lane: int) -> bool:
+        """True if ``row`` is back exactly at a fresh lane's state (all bits given back)."""
+        n = int(self.ptr[row])
+        return bool(np.all(self.heads[row] == STATE_LOWER)) and bool(
+            np.array_equal(self.words[row, :n], seed_words(seed, lane, n)))
+
+    def size_bits(self, row: int) -> int:
+        """Bits a file stores for this lane: heads plus words above the low-water mark."""
+        return 64 * self.head_width + WORD_BITS * int(self.ptr[row] - self.low_water[row])
+
+    def _reserve(self, needed: np.ndarray) -> None:
+        need = int(needed.max()) if needed.size else 0
+        cap = self.words.shape[1]
+        if need > cap:
+            new_cap = max(need, 2 * cap)
+            grown = np.zeros((self.words.shape[0], new_cap), dtype=np.uint32)
+            grown[:, :cap] = self.words
+            self.words = grown
+
+    # ---- coding --------------------------------------------------------------------------------
+    def push(self, rows: np.ndarray, starts: np.ndarray, freqs: np.ndarray,
+             mask: np.ndarray | None = None) -> None:
+        """Push one symbol per (row, head): starts/freqs int64 [len(rows), K], 0 <= start,
+        1 <= freq, start + freq <= 2**precision. Heads where mask is False are left alone."""
+        p = self.precision
+        x = self.heads[rows]
+        if mask is not None:
+            freqs = np.where(mask, freqs, 1)
+            starts = np.where(mask, starts, 0)
+        emit = x >= (freqs << (63 - p))
+        if mask is not None:
+            emit &= mask
+        counts = emit.sum(axis=1)
+        if counts.any():
+            ptr = self.ptr[rows]
+            self._reserve(ptr + counts)
+            r_idx, k_idx = np.nonzero(emit)
+            rank = np.cumsum(emit, axis=1)[r_idx, k_idx] - 1
+            self.words[rows[r_idx], ptr[r_idx] + rank] = (x[r_idx, k_idx] & WORD_MASK).astype(np.uint32)
+            x[r_idx, k_idx] >>= WORD_BITS
+            self.ptr[rows] = ptr + counts
+        coded = ((x // freqs) << p) + (x % freqs) + starts
+        self.heads[rows] = coded if mask is None else np.where(mask, coded, x)
+
+    def peek(self, rows: np.ndarray) -> np.ndarray:
+        """The cumulative frequency each head would decode next, int64 [len(rows), K]."""
+        return self.heads[rows] & ((1 << self.precision) - 1)
+
+    def pop(self, rows: np.ndarray, starts: np.ndarray, freqs: np.ndarray,
+            mask: np.ndarray | None = None) -> None:
+        """Remove the symbols found from ``peek``: start <= cf < start + freq must hold."""
+        p = self.precision
+        x = self.heads[rows]
+        cf = x & ((1 << p) - 1)
+        popped = freqs * (x >> p) + cf - starts
+        if mask is not None:
+            popped = np.where(mask, popped, x)
+        need = popped < STATE_LOWER
+        counts = need.sum(axis=1)
+        if counts.any():
+            ptr = self.ptr[rows]
+            if np.any(ptr < counts):
+                raise AnsError("popped past the bottom of a lane's stack (initial bits exhausted)")
+            r_idx, k_idx = np.nonzero(need)
+            rank = np.cumsum(need, axis=1)[r_idx, k_idx] - 1
+            pos = ptr[r_idx] - counts[r_idx] + rank
+            refill = self.words[rows[r_idx], pos].astype(np.int64)
+            popped[r_idx, k_idx] = (popped[r_idx, k_idx] << WORD_BITS) | refill
+            new_ptr = ptr - counts
+            self.ptr[rows] = new_ptr
+            self.low_water[rows] = np.minimum(self.low_water[rows], new_ptr)
+        self.heads[rows] = popped

@@ -1,0 +1,139 @@
+"""The ``bswd`` command line: compress, decompress, inspect, and the model tools.
+
+Rules every command keeps: errors name the file and the reason and end in a non-zero exit code;
+an output file appears only complete (written to a temporary name, fsynced, renamed), never over
+an existing file unless --force; inputs are never modified.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bswd import container
+from bswd.shell import Exit, fail
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Lossless image compression with Bit-Swap (bits-back coding with a learned model).")
+
+
+MODEL_OPT = typer.Option(None, "--model", "-m", help="Model file (.bswm); default: the bundled default model.")
+DEVICE_OPT = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, or auto (a GPU when there is one).")
+
+
+@app.command()
+def compress(
+    files: list[Path] = typer.Argument(..., help="Images to compress (PNG, TIFF, BMP, PPM, GIF, WebP, ...)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Output folder (default: next to each input). With one input, may be a .bsw path."),
+    model: Optional[Path] = MODEL_OPT,
+    scheme: str = typer.Option("bitswap", help="bitswap (recursive bits-back) or bbans (plain bits-back, for comparison)."),
+    compare: bool = typer.Option(False, "--compare", help="Also measure gzip, bzip2, LZMA, PNG, WebP and JPEG XL lossless on the same pixels."),
+    allow_lossy_source: bool = typer.Option(False, "--allow-lossy-source",
+                                            help="Compress the pixels of already-lossy inputs (JPEG); usually larger than the JPEG."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Decode each .bsw again and compare before reporting success."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing .bsw files."),
+    max_pixels: int = typer.Option(200_000_000, help="Refuse images declaring more pixels (checked before decoding)."),
+    device: str = DEVICE_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Compress images to .bsw files; patches of all inputs are coded together in shared batches."""
+    from bswd.compress_cmd import run_compress
+
+    code = run_compress(files, output, model, scheme, compare, allow_lossy_source, verify, force,
+                        max_pixels, device, quiet)
+    raise typer.Exit(int(code))
+
+
+@app.command()
+def decompress(
+    files: list[Path] = typer.Argument(..., help=".bsw files to decompress."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Output file (one input) or folder (default: next to each input, without .bsw)."),
+    model: Optional[Path] = MODEL_OPT,
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing outputs."),
+    device: str = DEVICE_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Decompress .bsw files back to the exact original image (verified by checksum)."""
+    from bswd.compress_cmd import run_decompress
+
+    raise typer.Exit(int(run_decompress(files, output, model, force, device, quiet)))
+
+
+@app.command()
+def inspect(file: Path = typer.Argument(..., help="A .bsw file.")) -> None:
+    """Show a .bsw file's format version, model, image size, lanes and payload sizes."""
+    try:
+        data = file.read_bytes()
+        f = container.decode(data)
+    except OSError as exc:
+        fail(f"{file}: {exc.strerror}")
+        raise typer.Exit(Exit.FAILED) from exc
+    except container.BswFormatError as exc:
+        fail(f"{file}: {exc}")
+        raise typer.Exit(Exit.FAILED) from exc
+    from bswd.compress_cmd import describe_bsw
+
+    typer.echo(describe_bsw(f, len(data)))
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder of photographs (see `bswd data fetch`)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for checkpoints, log.csv and curve.png."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
+    steps: int = typer.Option(6000, help="Total optimizer steps."),
+    batch: int = typer.Option(64, help="Patches per step."),
+    width: int = typer.Option(48, help="Channels of the ResNets."),
+    layers: int = typer.Option(3, help="Latent layers."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Train a model (resumable: checkpoints every few minutes)."""
+    from bswd.train_cmd import run_train
+
+    raise typer.Exit(int(run_train(data, out, resume, steps, batch, width, layers, device)))
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run folder of `bswd train`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.bswm)."),
+    model_id: str = typer.Option("", help="Model id stored in the file and in every .bsw (default: the run folder's name)."),
+) -> None:
+    """Export the integer coding model (weights, CDF tables, config, hash) from a run."""
+    from bswd.train_cmd import run_export
+
+    raise typer.Exit(int(run_export(run, output, model_id or run.name)))
+
+
+@app.command("eval")
+def evaluate(
+    paths: list[Path] = typer.Argument(..., help="Images or folders of images."),
+    model: Optional[Path] = MODEL_OPT,
+    device: str = DEVICE_OPT,
+    scheme: str = typer.Option("bitswap", help="bitswap or bbans."),
+) -> None:
+    """-ELBO and actually-coded bits/dim per image, next to PNG, WebP and JPEG XL lossless."""
+    from bswd.train_cmd import run_eval
+
+    raise typer.Exit(int(run_eval(paths, model, device, scheme)))
+
+
+data_app = typer.Typer(help="Training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(dest: Path = typer.Argument(..., help="Folder to put the photographs in.")) -> None:
+    """Fetch the allow-listed training photographs from Debian and PyPI packages."""
+    from bswd.data import FetchError, fetch_training_photos
+
+    try:
+        paths = fetch_training_photos(dest)
+    except FetchError as exc:
+        fail(str(exc))
+        raise typer.Exit(Exit.FAILED) from exc
+    typer.echo(f"{len(paths)} photos in {dest}")

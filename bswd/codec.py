@@ -1,0 +1,245 @@
+"""Bit-Swap and BB-ANS over lanes of 32x32 patches. Pure numpy: no torch, files or sockets.
+
+The model is reached through ``CodingModel`` (model/quant.py): integer networks that map integer
+conditioning to integer (mean, scale index) parameters, and the integer CDF families of tables.py.
+
+Bit-Swap, one patch (z_0 = x):
+    encode: for i = 1..L: pop z_i ~ q(z_i | z_{i-1}); push z_{i-1} under p(z_{i-1} | z_i)
+            push z_L under p(z_L)
+    decode: the exact mirror.
+BB-ANS pops every latent before pushing anything, so it needs far more initial bits.
+
+A symbol tensor of D elements is pushed through a lane's K heads in chunks of K, chunk 0 first;
+a pop takes the chunks in the reverse order, so push and pop are exact inverses.
+Pixels outside the image (edge patches) are masked: never coded, and refilled on both sides by
+the same rule (replicate the last real row and column), so padding costs no bits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from bswd.ans import Lanes
+from bswd.model.quant import CodingModel
+
+PATCH = 32
+SCHEMES = ("bitswap", "bbans")
+
+Decoder = Callable[[np.ndarray, slice], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an H x W image is tiled into 32 x 32 patches, in raster order."""
+
+    height: int
+    width: int
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // PATCH)
+
+    @property
+    def cols(self) -> int:
+        return -(-self.width // PATCH)
+
+    @property
+    def n_patches(self) -> int:
+        return self.rows * self.cols
+
+    def extent(self, index: int) -> tuple[int, int, int, int]:
+        """(y0, x0, real height, real width) of patch ``index``."""
+        r, c = divmod(index, self.cols)
+        y0, x0 = r * PATCH, c * PATCH
+        return y0, x0, min(PATCH, self.height - y0), min(PATCH, self.width - x0)
+
+
+def lane_ranges(n_patches: int, n_lanes: int) -> list[tuple[int, int]]:
+    """Split patches 0..n-1 into n_lanes consecutive runs whose lengths differ by at most one."""
+    n_lanes = max(1, min(n_lanes, n_patches))
+    base, extra = divmod(n_patches, n_lanes)
+    out, start = [], 0
+    for i in range(n_lanes):
+        end = start + base + (1 if i < extra else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def fill_padding(x: np.ndarray, h: int, w: int, channels: int) -> None:
+    """In place on one patch [3, 32, 32]: copy channel 0 to the others if grey, then replicate
+    the last real row and column into the padding. Both encoder and decoder apply it."""
+    if channels == 1:
+        x[1:] = x[0]
+    if h < PATCH:
+        x[:, h:, :] = x[:, h - 1 : h, :]
+    if w < PATCH:
+        x[:, :, w:] = x[:, :, w - 1 : w]
+
+
+def patch_mask(h: int, w: int, channels: int) -> np.ndarray:
+    m = np.zeros((3, PATCH, PATCH), dtype=bool)
+    m[:channels, :h, :w] = True
+    return m
+
+
+def extract_patch(image: np.ndarray, geom: Geometry, index: int) -> np.ndarray:
+    """Patch ``index`` of an H x W x C uint8 image as [3, 32, 32] with padding filled."""
+    y0, x0, h, w = geom.extent(index)
+    c = image.shape[2]
+    x = np.zeros((3, PATCH, PATCH), dtype=np.uint8)
+    x[:c, :h, :w] = image[y0 : y0 + h, x0 : x0 + w].transpose(2, 0, 1)
+    fill_padding(x, h, w, c)
+    return x
+
+
+def reservoir_words(model: CodingModel, scheme: str, head_width: int) -> int:
+    """Seed words a fresh lane needs so its first patch's pops never run dry.
+
+    A pop consumes at most ``precision`` bits per symbol; Bit-Swap pops one latent layer before
+    its first push, BB-ANS all of them.
+    """
+    layers = 1 if scheme == "bitswap" else model.cfg.n_layers
+    symbols = layers * math.prod(model.cfg.latent_shape)
+    return -(-symbols * model.cfg.precision // 32) + 2 * head_width
+
+
+class PatchCoder:
+    """Codes one patch per lane row per call, for many rows at once."""
+
+    def __init__(self, model: CodingModel, scheme: str = "bitswap"):
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEMES}")
+        self.model = model
+        self.scheme = scheme
+
+    # ---- tensor-level push/pop through a lane's heads -------------------------------------------
+    @staticmethod
+    def _chunks(d: int, k: int) -> int:
+        return -(-d // k)
+
+    def _pad(self, a: np.ndarray, k: int, fill: int = 0) -> np.ndarray:
+        n, d = a.shape
+        total = self._chunks(d, k) * k
+        if total == d:
+            return a
+        out = np.full((n, total), fill, dtype=a.dtype)
+        out[:, :d] = a
+        return out
+
+    def _push(self, lanes: Lanes, rows: np.ndarray, starts: np.ndarray, freqs: np.ndarray,
+              mask: np.ndarray | None, info: np.ndarray) -> None:
+        n = len(rows)
+        k = lanes.head_width
+        starts, freqs = starts.reshape(n, -1), freqs.reshape(n, -1)
+        m = np.ones(starts.shape, dtype=bool) if mask is None else mask.reshape(n, -1)
+        info += ((lanes.precision - np.log2(freqs)) * m).sum(axis=1)
+        starts, freqs, m = self._pad(starts, k), self._pad(freqs, k, 1), self._pad(m, k)
+        for j in range(starts.shape[1] // k):
+            sl = slice(j * k, (j + 1) * k)
+            lanes.push(rows, starts[:, sl], freqs[:, sl], m[:, sl])
+
+    def _pop(self, lanes: Lanes, rows: np.ndarray, shape: tuple[int, ...], decode: Decoder,
+             mask: np.ndarray | None, info: np.ndarray) -> np.ndarray:
+        n = len(rows)
+        k = lanes.head_width
+        d = math.prod(shape)
+        nc = self._chunks(d, k)
+        m = np.ones((n, d), dtype=bool) if mask is None else mask.reshape(n, d)
+        m = self._pad(m, k)
+        symbols = np.zeros((n, nc * k), dtype=np.int64)
+        for j in reversed(range(nc)):
+            sl = slice(j * k, (j + 1) * k)
+            sym, start, freq = decode(lanes.peek(rows), sl)
+            lanes.pop(rows, start, freq, m[:, sl])
+            symbols[:, sl] = np.where(m[:, sl], sym, 0)
+            info -= ((lanes.precision - np.log2(freq)) * m[:, sl]).sum(axis=1)
+        return symbols[:, :d].reshape((n, *shape))
+
+    def _logistic_decoder(self, family, mean: np.ndarray, sidx: np.ndarray, k: int) -> Decoder:
+        n = mean.shape[0]
+        mean = self._pad(mean.reshape(n, -1), k)
+        sidx = self._pad(sidx.reshape(n, -1), k)
+        return lambda cf, sl: family.decode(cf, mean[:, sl], sidx[:, sl])
+
+    # ---- the distributions -------------------------------------------------------------------
+    def push_latent_q(self, lanes, rows, level, cond, z, info) -> None:
+        mean, sidx = self.model.nets.posterior(level, cond)
+        self._push(lanes, rows, *self.model.latents.encode_params(z, mean, sidx), None, info)
+
+    def pop_latent_q(self, lanes, rows, level, cond, info) -> np.ndarray:
+        mean, sidx = self.model.nets.posterior(level, cond)
+        dec = self._logistic_decoder(self.model.latents, mean, sidx, lanes.head_width)
+        return self._pop(lanes, rows, mean.shape[1:], dec, None, info)
+
+    def push_below(self, lanes, rows, level, z, below, mask, info) -> None:
+        """Push z_{level-1} (pixels at level 1) under p(z_{level-1} | z_level)."""
+        mean, sidx = self.model.nets.generative(level, z)
+        family = self.model.pixels if level == 1 else self.model.latents
+        self._push(lanes, rows, *family.encode_params(below.astype(np.int64), mean, sidx),
+                   mask if level == 1 else None, info)
+
+    def pop_below(self, lanes, rows, level, z, mask, info) -> np.ndarray:
+        mean, sidx = self.model.nets.generative(level, z)
+        family = self.model.pixels if level == 1 else self.model.latents
+        dec = self._logistic_decoder(family, mean, sidx, lanes.head_width)
+        return self._pop(lanes, rows, mean.shape[1:], dec, mask if level == 1 else None, info)
+
+    def push_top(self, lanes, rows, z, info) -> None:
+        self._push(lanes, rows, *self.model.top.encode_params(z), None, info)
+
+    def pop_top(self, lanes, rows, info) -> np.ndarray:
+        top = self.model.top
+        return self._pop(lanes, rows, self.model.cfg.latent_shape, lambda cf, sl: top.decode(cf), None, info)
+
+    # ---- one patch per row ---------------------------------------------------------------------
+    def encode(self, lanes: Lanes, rows: np.ndarray, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Code patches x [n,3,32,32] (padding filled) onto lanes ``rows``; returns the
+        information content in bits per row (pushes minus pops), the ideal cost of this step."""
+        info = np.zeros(len(rows))
+        L = self.model.cfg.n_layers
+        if self.scheme == "bitswap":
+            below = x
+            for level in range(1, L + 1):
+                z = self.pop_latent_q(lanes, rows, level, below, info)
+                self.push_below(lanes, rows, level, z, below, mask, info)
+                below = z
+            self.push_top(lanes, rows, below, info)
+        else:
+            zs = [x]
+            for level in range(1, L + 1):
+                zs.append(self.pop_latent_q(lanes, rows, level, zs[-1], info))
+            for level in range(1, L + 1):
+                self.push_below(lanes, rows, level, zs[level], zs[level - 1], mask, info)
+            self.push_top(lanes, rows, zs[L], info)
+        return info
+
+    def decode(self, lanes: Lanes, rows: np.ndarray, mask: np.ndarray,
+               extents: list[tuple[int, int]], channels: list[int]) -> np.ndarray:
+        """Mirror of ``encode``: returns the patches [n,3,32,32] uint8 with padding filled."""
+        info = np.zeros(len(rows))
+        L = self.model.cfg.n_layers
+
+        def pixels(z1: np.ndarray) -> np.ndarray:
+            x = self.pop_below(lanes, rows, 1, z1, mask, info).astype(np.uint8)
+            for i, ((h, w), c) in enumerate(zip(extents, channels)):
+                fill_padding(x[i], h, w, c)
+            return x
+
+        z = self.pop_top(lanes, rows, info)
+        if self.scheme == "bitswap":
+            for level in range(L, 0, -1):
+                below = pixels(z) if level == 1 else self.pop_below(lanes, rows, level, z, None, info)
+                self.push_latent_q(lanes, rows, level, below, z, info)
+                z = below
+            return z
+        zs = {L: z}
+        for level in range(L, 0, -1):
+            zs[level - 1] = pixels(zs[level]) if level == 1 else self.pop_below(lanes, rows, level, zs[level], None, info)
+        for level in range(L, 0, -1):
+            self.push_latent_q(lanes, rows, level, zs[level - 1], zs[level], info)
+        return zs[0]

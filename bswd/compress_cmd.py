@@ -1,0 +1,191 @@
+"""``bswd compress`` / ``bswd decompress`` / ``bswd inspect``: the one-shot file commands."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bswd import container
+from bswd.codec import Geometry
+from bswd.shell import Exit, atomic_write, build_engine, fail, human_bytes, load_model_file, progress_bar
+
+BSW_SUFFIX = ".bsw"
+_SAME_EXT = {".jpeg": ".jpg", ".tif": ".tiff", ".pgm": ".ppm", ".pbm": ".ppm", ".pnm": ".ppm"}
+
+
+@dataclass
+class _Job:
+    source: Path
+    target: Path
+    data: bytes
+    split: object  # images.SplitImage
+
+
+def _target_for(source: Path, output: Path | None, n_inputs: int) -> Path:
+    if output is None:
+        return source.with_name(source.name + BSW_SUFFIX)
+    if n_inputs == 1 and output.suffix == BSW_SUFFIX and not output.is_dir():
+        return output
+    return output / (source.name + BSW_SUFFIX)
+
+
+def run_compress(files: list[Path], output: Path | None, model: Path | None, scheme: str, compare: bool,
+                 allow_lossy_source: bool, verify: bool, force: bool, max_pixels: int, device: str,
+                 quiet: bool) -> Exit:
+    from bswd.files import compress_images, decompress_many
+    from bswd.images import ImageInputError, split_image
+
+    if scheme not in ("bitswap", "bbans"):
+        fail(f"unknown scheme {scheme!r}; use bitswap or bbans")
+        return Exit.USAGE
+    if output is not None and len(files) > 1 or (output is not None and output.suffix != BSW_SUFFIX):
+        output.mkdir(parents=True, exist_ok=True)
+    status = Exit.OK
+    jobs: list[_Job] = []
+    for src in files:
+        target = _target_for(src, output, len(files))
+        if target.exists() and not force:
+            fail(f"{target}: already exists (use --force to overwrite)")
+            status = Exit.FAILED
+            continue
+        try:
+            data = src.read_bytes()
+            split = split_image(data, name=str(src), max_pixels=max_pixels)
+        except OSError as exc:
+            fail(f"{src}: cannot read: {exc.strerror}")
+            status = Exit.FAILED
+            continue
+        except ImageInputError as exc:
+            fail(str(exc))
+            status = Exit.FAILED
+            continue
+        if split.lossy_source and not allow_lossy_source:
+            fail(f"{src}: {split.source_format} is already lossy; storing its decoded pixels losslessly is "
+                 f"usually larger than the {len(data):,}-byte file. Pass --allow-lossy-source to do it anyway.")
+            status = Exit.FAILED
+            continue
+        jobs.append(_Job(src, target, data, split))
+    if not jobs:
+        return status
+    try:
+        mf = load_model_file(model)
+        engine = build_engine(mf, device)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+        return Exit.FAILED
+    patches = sum(Geometry(p.shape[0], p.shape[1]).n_patches for j in jobs for p in j.split.planes)
+    t0 = time.perf_counter()
+    with progress_bar(patches, "compress", quiet) as bar:
+        results = compress_images(engine, [j.split for j in jobs], scheme, bar)
+    encode_s = time.perf_counter() - t0
+    decode_s = 0.0
+    if verify:
+        t0 = time.perf_counter()
+        with progress_bar(patches, "verify", quiet) as bar:
+            rebuilt = decompress_many(engine, [container.decode(r.data) for r in results], bar)
+        decode_s = time.perf_counter() - t0
+        again = [split_image(data, name=str(j.source), max_pixels=max_pixels, verify=False)
+                 for j, (data, _) in zip(jobs, rebuilt)]
+        for j, back in zip(jobs, again):
+            if len(back.planes) != len(j.split.planes) or not all(
+                    np.array_equal(a, b) for a, b in zip(back.planes, j.split.planes)):
+                fail(f"{j.source}: verification failed: decoded pixels differ; nothing written")
+                return Exit.FAILED
+    raw_total = sum(r.raw_bytes for r in results)
+    for j, r in zip(jobs, results):
+        try:
+            atomic_write(j.target, r.data, overwrite=force)
+        except OSError as exc:
+            fail(f"{j.target}: cannot write: {exc}")
+            status = Exit.FAILED
+            continue
+        bpd = f"{8 * len(r.data) / r.subpixels:.3f} bits/dim" if r.subpixels else "no model planes"
+        print(f"{j.source} -> {j.target}: {len(j.data):,} -> {len(r.data):,} bytes, {bpd}"
+              + (f" ({100 * len(r.data) / r.raw_bytes:.1f}% of raw)" if r.raw_bytes else ""))
+        if compare and j.split.planes:
+            print(_compare_table(j.split.planes[0], r, encode_s * r.raw_bytes / max(1, raw_total),
+                                 decode_s * r.raw_bytes / max(1, raw_total)))
+    mb = raw_total / 1e6
+    speed = f"compress {mb / encode_s:.3f} MB/s" + (f", verify-decode {mb / decode_s:.3f} MB/s" if decode_s else "")
+    print(f"{len(jobs)} file(s), {human_bytes(raw_total)} raw pixels in {encode_s:.1f} s ({speed}, "
+          f"device {engine.model.nets.device})")
+    return status
+
+
+def _compare_table(plane: np.ndarray, r, encode_s: float, decode_s: float) -> str:
+    from bswd.classical import compare, format_table
+
+    rows = [{"name": "bswd", "size_bytes": len(r.data), "encode_s": encode_s, "decode_s": decode_s}]
+    return format_table(rows + compare(plane), n_bytes_raw=plane.size)
+
+
+def _output_for(source: Path, output: Path | None, n_inputs: int, ext: str) -> Path:
+    base = source.name[: -len(BSW_SUFFIX)] if source.name.endswith(BSW_SUFFIX) else source.name + ".out"
+    stem_ext = Path(base).suffix.lower()
+    if _SAME_EXT.get(stem_ext, stem_ext) != _SAME_EXT.get(ext.lower(), ext.lower()):
+        base = base + ext if not stem_ext else base[: -len(stem_ext)] + ext
+    if output is not None and n_inputs == 1 and not output.is_dir() and output.suffix:
+        return output
+    return (output or source.parent) / base
+
+
+def run_decompress(files: list[Path], output: Path | None, model: Path | None, force: bool, device: str,
+                   quiet: bool) -> Exit:
+    from bswd.engine import StreamError
+    from bswd.files import IntegrityError, ModelMismatch, decompress_many
+    from bswd.images import ImageInputError
+    from bswd.model.modelfile import ModelFileError
+    from bswd.model.registry import ModelNotFound, find_model
+
+    status = Exit.OK
+    if output is not None and (len(files) > 1 or not output.suffix):
+        output.mkdir(parents=True, exist_ok=True)
+    engines: dict[bytes, object] = {}
+    for src in files:
+        try:
+            f = container.decode(src.read_bytes())
+            if f.model_hash not in engines:
+                mf = find_model(f.model_hash, f.model_id, [model] if model else None)
+                engines[f.model_hash] = build_engine(mf, device)
+            patches = sum(Geometry(p.height, p.width).n_patches for p in [f] if p.channels)
+            t0 = time.perf_counter()
+            with progress_bar(patches, "decompress", quiet) as bar:
+                [(image, ext)] = decompress_many(engines[f.model_hash], [f], bar)
+            seconds = time.perf_counter() - t0
+            target = _output_for(src, output, len(files), ext)
+            atomic_write(target, image, overwrite=force)
+        except OSError as exc:
+            fail(f"{src}: {exc.strerror or exc}")
+        except (container.BswFormatError, StreamError, IntegrityError, ModelMismatch, ModelNotFound,
+                ModelFileError, ImageInputError, ValueError) as exc:
+            fail(f"{src}: {exc}")
+        else:
+            print(f"{src} -> {target}: {len(image):,} bytes in {seconds:.1f} s")
+            continue
+        status = Exit.FAILED
+    return status
+
+
+def describe_bsw(f: container.BswFile, size: int) -> str:
+    from bswd.files import PLANE, plane_files
+
+    planes = plane_files(f)
+    sizes = container.payload_sizes(f)
+    subpixels = sum(p.width * p.height * p.channels for p in planes)
+    lines = [
+        f"format version   {f.format_version}",
+        f"model            {f.model_id} (sha256 {f.model_hash.hex()})",
+        f"scheme           {f.scheme}, precision {f.precision} bits, {f.head_width} heads per lane",
+        f"image            {f.width}x{f.height}, {f.channels or 'no'} model channel(s), "
+        f"{len(planes)} model plane(s)",
+        f"lanes            {len(f.lanes)} ({', '.join(str(ln.n_patches) for ln in f.lanes) or '-'} patches)",
+        f"payload          header {sizes['header']} B, lanes {sum(sizes['lanes']):,} B, "
+        + ", ".join(f"{k} {n:,} B" for k, n in sizes["sections"] if k != PLANE),
+        f"file size        {size:,} bytes",
+    ]
+    if subpixels:
+        lines.append(f"bits/dim         {8 * size / subpixels:.4f} (whole file over model-coded samples)")
+    return "\n".join(lines)

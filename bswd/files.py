@@ -1,0 +1,140 @@
+"""Whole files in, whole files out: image bytes <-> .bsw bytes, many images per engine call.
+
+This is the one place that joins images.py (what a file holds), engine.py (coding planes) and
+container.py (the .bsw bytes). It is used by the CLI and the daemon alike. It does no file I/O:
+callers read and write (atomically) themselves.
+
+A .bsw holds the first model plane in its lanes; further planes (frames) are nested .bsw files in
+"plane" sections; the image's side data is a "side" section. A plane whose coded size would exceed
+its raw size is stored raw instead (a "stored" section), so tiny images never grow past raw + header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from bswd import container
+from bswd.container import BswFile, LanePayload, Section
+from bswd.engine import CodedPlane, Engine, LaneData
+from bswd.images import SplitImage, join_image, pixel_checksum
+
+SIDE, PLANE, STORED = "side", "plane", "stored"
+
+
+class IntegrityError(ValueError):
+    """Decoded pixels do not match the checksum recorded at compression time."""
+
+
+class ModelMismatch(ValueError):
+    """The .bsw was written with a different model than the one given."""
+
+
+@dataclass(frozen=True)
+class Compressed:
+    data: bytes  # the .bsw file
+    raw_bytes: int  # bytes of the model planes' raw pixels
+    subpixels: int  # samples coded by the model (H*W*C over planes)
+    info_bits: float  # ideal cost of the model-coded planes under the integer model
+    model_bits: int  # bits the file spends on model-coded lanes (heads + words)
+
+
+def _plane_file(engine: Engine, coded: CodedPlane | None, plane: np.ndarray, checksum: bytes,
+                sections: tuple[Section, ...]) -> BswFile:
+    model = engine.model
+    h, w, c = plane.shape
+    if coded is None or coded.stored_bits > 8 * plane.size:
+        stored = Section(STORED, bytes([c]) + np.ascontiguousarray(plane).tobytes())
+        return BswFile(model.model_id, model.sha256, "bitswap", w, h, 0, engine.config.seed, 1,
+                       model.cfg.precision, (), checksum, (stored, *sections))
+    lanes = tuple(LanePayload(ln.n_patches, ln.low_water, ln.heads, ln.words) for ln in coded.lanes)
+    return BswFile(model.model_id, model.sha256, coded.scheme, w, h, c, coded.seed, coded.head_width,
+                   model.cfg.precision, lanes, checksum, sections)
+
+
+def compress_images(engine: Engine, images: list[SplitImage], scheme: str = "bitswap",
+                    progress: Callable[[int], None] | None = None) -> list[Compressed]:
+    """Compress many split images in one engine run, so their patches share batches."""
+    flat = [p for im in images for p in im.planes]
+    coded = engine.encode(flat, scheme, progress) if flat else []
+    out = []
+    pos = 0
+    for im in images:
+        planes = list(im.planes)
+        mine = coded[pos : pos + len(planes)]
+        pos += len(planes)
+        checksum = pixel_checksum(planes)
+        nested = tuple(Section(PLANE, container.encode(_plane_file(engine, c, p, checksum, ())))
+                       for c, p in zip(mine[1:], planes[1:]))
+        sections = (Section(SIDE, im.side), *nested)
+        if planes:
+            f = _plane_file(engine, mine[0], planes[0], checksum, sections)
+        else:
+            m = engine.model
+            f = BswFile(m.model_id, m.sha256, "bitswap", 1, 1, 0, engine.config.seed, 1,
+                        m.cfg.precision, (), checksum, sections)
+        used = [c for c, p in zip(mine, planes) if c.stored_bits <= 8 * p.size]
+        out.append(Compressed(container.encode(f), sum(p.size for p in planes),
+                              sum(p.size for p in planes), sum(c.info_bits for c in used),
+                              sum(c.stored_bits for c in used)))
+    return out
+
+
+def _to_coded(f: BswFile) -> CodedPlane:
+    lanes = [LaneData(ln.n_patches, ln.low_water, ln.heads, ln.words) for ln in f.lanes]
+    return CodedPlane(f.height, f.width, f.channels, f.scheme, f.seed, f.head_width, lanes)
+
+
+def _stored_plane(f: BswFile) -> np.ndarray | None:
+    for s in f.sections:
+        if s.kind == STORED:
+            c = s.data[0] if s.data else 0
+            if c not in (1, 3) or len(s.data) != 1 + f.width * f.height * c:
+                raise container.CorruptFile(f"stored plane has {len(s.data)} bytes for {f.width}x{f.height}x{c}")
+            return np.frombuffer(s.data, np.uint8, offset=1).reshape(f.height, f.width, c).copy()
+    return None
+
+
+def plane_files(f: BswFile) -> list[BswFile]:
+    """The main plane file followed by every nested plane file."""
+    return [f] + [container.decode(s.data) for s in f.sections if s.kind == PLANE]
+
+
+def side_data(f: BswFile) -> bytes:
+    for s in f.sections:
+        if s.kind == SIDE:
+            return s.data
+    raise container.CorruptFile("the file has no side-data section")
+
+
+def decompress_many(engine: Engine, files: list[BswFile],
+                    progress: Callable[[int], None] | None = None) -> list[tuple[bytes, str]]:
+    """Decode several parsed .bsw files in one engine run; returns (image bytes, extension) each."""
+    model = engine.model
+    per_file = [plane_files(f) for f in files]
+    todo: list[CodedPlane] = []
+    for planes in per_file:
+        for p in planes:
+            if p.model_hash != model.sha256:
+                raise ModelMismatch(f"written with model {p.model_id!r} ({p.model_hash.hex()[:16]}...), "
+                                    f"not {model.model_id!r} ({model.sha256.hex()[:16]}...)")
+            if p.channels and p.precision != model.cfg.precision:
+                raise ModelMismatch(f"file precision {p.precision} differs from the model's {model.cfg.precision}")
+            if p.channels:
+                todo.append(_to_coded(p))
+    decoded = iter(engine.decode(todo, progress) if todo else [])
+    out = []
+    for f, planes in zip(files, per_file):
+        arrays = []
+        for p in planes:
+            stored = _stored_plane(p)
+            if stored is not None:
+                arrays.append(stored)
+            elif p.channels:
+                arrays.append(next(decoded))
+        if pixel_checksum(arrays) != f.pixel_checksum:
+            raise IntegrityError("decoded pixels do not match the checksum recorded at compression")
+        out.append(join_image(arrays, side_data(f)))
+    return out

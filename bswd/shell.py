@@ -1,0 +1,101 @@
+"""What every command-line entry point shares: exit codes, errors, atomic writes, model loading."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from enum import IntEnum
+from pathlib import Path
+from typing import Callable, Iterator
+from contextlib import contextmanager
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1  # at least one input failed; the others were processed
+    USAGE = 2
+
+
+def fail(message: str) -> None:
+    print(f"bswd: error: {message}", file=sys.stderr)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n} GB"
+
+
+def atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Write ``data`` so that ``path`` either does not change or holds all of it, durably.
+
+    The bytes go to a temporary file in the same folder, are fsynced, then renamed into place
+    (and the folder fsynced). Without ``overwrite`` an existing file is never replaced.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists (use --force to overwrite)")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
+            os.unlink(tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA device is available")
+    return device
+
+
+def load_model_file(path: Path | None):
+    """The ModelFile at ``path``, or the bundled default."""
+    from bswd.model.modelfile import read_model_file
+    from bswd.model.registry import default_model_path
+
+    return read_model_file(path or default_model_path())
+
+
+def build_engine(mf, device: str = "auto", **engine_options):
+    """An Engine holding ``mf`` on ``device``."""
+    from bswd.engine import Engine, EngineConfig
+    from bswd.model.quant import load_coding_model
+
+    model = load_coding_model(mf, resolve_device(device))
+    return Engine(model, EngineConfig(**engine_options))
+
+
+@contextmanager
+def progress_bar(total: int, desc: str, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A tqdm bar on stderr counting patches; a no-op when quiet or not on a terminal."""
+    if quiet or total <= 0:
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="patch", file=sys.stderr, leave=False,
+              disable=not sys.stderr.isatty()) as bar:
+        yield bar.update

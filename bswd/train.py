@@ -1,0 +1,260 @@
+"""Training loop for the Bit-Swap VAE: resumable, logged to CSV, with EMA and a QAT phase.
+
+The recipe follows the published Bit-Swap one (DESIGN §1): Adam 2e-3 decaying to 5e-4, free bits,
+EMA 0.999, gradient clipping; after ``qat_start`` of the steps the network trains with its integer
+grids (fake quantization) so that the exported integer model loses almost nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bswd.model.config import ModelConfig
+from bswd.model.net import BitSwapVAE, nats_to_bpd
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+LOG_CSV = "log.csv"
+CURVE_PNG = "curve.png"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 6000
+    batch: int = 64
+    lr: float = 2e-3
+    lr_final: float = 5e-4
+    ema: float = 0.999
+    free_bits_per_dim: float = 0.02
+    grad_clip: float = 1.0
+    qat_start: float = 0.3  # fraction of steps trained in plain float first
+    val_every: int = 250
+    val_patches: int = 512
+    checkpoint_minutes: float = 3.0
+    seed: int = 0
+    threads: int = 0  # 0: torch default
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        values = dict(data)
+        values["model"] = ModelConfig.from_dict(values.get("model", {}))
+        return cls(**values)
+
+
+class PatchSource:
+    """What the trainer needs from the data: random training patches and fixed validation patches."""
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:  # uint8 [n, 3, 32, 32]
+        raise NotImplementedError
+
+    def validation(self, n: int) -> np.ndarray:  # uint8 [n, 3, 32, 32], the same every call
+        raise NotImplementedError
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Exponential decay from lr to lr_final over the run, after a short warm-up."""
+    warm = min(1.0, (step + 1) / 200)
+    frac = min(1.0, step / max(1, cfg.steps))
+    return warm * cfg.lr * (cfg.lr_final / cfg.lr) ** frac
+
+
+@torch.no_grad()
+def evaluate(model: BitSwapVAE, patches: np.ndarray, batch: int = 128) -> float:
+    """Mean -ELBO in bits/dim of the model (as it is, quant or not) on fixed patches."""
+    model.eval()
+    total = 0.0
+    gen = torch.random.get_rng_state()
+    torch.manual_seed(12345)  # the same posterior samples every evaluation
+    for i in range(0, len(patches), batch):
+        x = torch.from_numpy(patches[i : i + batch]).float()
+        _, neg_elbo, _ = model(x)
+        total += float(neg_elbo) * len(x)
+    torch.random.set_rng_state(gen)
+    model.train()
+    return nats_to_bpd(total / len(patches))
+
+
+class Trainer:
+    """Owns model, EMA copy, optimizer and the run folder; ``run`` trains until cfg.steps."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, data: PatchSource):
+        self.cfg, self.run_dir, self.data = cfg, run_dir, data
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.model = BitSwapVAE(cfg.model)
+        self.ema = BitSwapVAE(cfg.model)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.ema.requires_grad_(False)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.step = 0
+        self.elapsed = 0.0
+        self.val_patches = data.validation(cfg.val_patches)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save(self) -> None:
+        state = {
+            "train_config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "torch_rng": torch.random.get_rng_state(),
+            "np_rng": self.rng.bit_generator.state,
+        }
+        tmp = self.run_dir / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.run_dir / CHECKPOINT)
+
+    @classmethod
+    def resume(cls, run_dir: Path, data: PatchSource) -> Trainer:
+        state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+        trainer = cls(TrainConfig.from_dict(state["train_config"]), run_dir, data)
+        trainer.model.load_state_dict(state["model"])
+        trainer.ema.load_state_dict(state["ema"])
+        trainer.opt.load_state_dict(state["opt"])
+        trainer.step = state["step"]
+        trainer.elapsed = state["elapsed"]
+        torch.random.set_rng_state(state["torch_rng"])
+        trainer.rng.bit_generator.state = state["np_rng"]
+        return trainer
+
+    # ---- training ----------------------------------------------------------------------------
+    def quant_now(self) -> bool:
+        return self.step >= int(self.cfg.qat_start * self.cfg.steps)
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        quant = self.quant_now()
+        self.model.set_quant(quant)
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(cfg, self.step)
+        x = torch.from_numpy(self.data.sample(cfg.batch, self.rng)).float()
+        free_nats = cfg.free_bits_per_dim * 256 * math.log(2.0)
+        loss, neg_elbo, _ = self.model(x, free_nats)
+        self.opt.zero_grad(set_to_none=True)
+        (loss / (3 * 32 * 32 * math.log(2.0))).backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema, (1 + self.step) / (10 + self.step))
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        self.step += 1
+        return nats_to_bpd(neg_elbo.detach())
+
+    def run(self, progress: Callable[[int, float, float | None], None] | None = None,
+            stop_at: int | None = None) -> None:
+        """Train to cfg.steps (or stop_at), checkpointing every few minutes and at the end."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        log_path = self.run_dir / LOG_CSV
+        new_log = not log_path.exists()
+        last_ckpt = time.monotonic()
+        end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        with open(log_path, "a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new_log:
+                writer.writerow(["step", "seconds", "train_bpd", "val_bpd", "lr", "quant"])
+            window: list[float] = []
+            while self.step < end:
+                t0 = time.monotonic()
+                window.append(self.train_step())
+                self.elapsed += time.monotonic() - t0
+                val = None
+                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                    self.ema.set_quant(self.quant_now())
+                    val = evaluate(self.ema, self.val_patches)
+                    writer.writerow([self.step, round(self.elapsed, 1), round(float(np.mean(window)), 4),
+                                     round(val, 4), learning_rate(cfg, self.step), int(self.quant_now())])
+                    fh.flush()
+                    window = []
+                if progress is not None:
+                    progress(self.step, float(np.mean(window)) if window else 0.0, val)
+                if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                    self.save()
+                    last_ckpt = time.monotonic()
+        self.save()
+        draw_curve(log_path, self.run_dir / CURVE_PNG)
+
+
+def read_log(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def draw_curve(log_path: Path, png_path: Path, size: tuple[int, int] = (640, 400)) -> None:
+    """Plot train and validation bits/dim against step into a PNG (Pillow only, no matplotlib)."""
+    from PIL import Image, ImageDraw
+
+    rows = read_log(log_path)
+    if not rows:
+        return
+    w, h = size
+    pad = 48
+    steps = [r["step"] for r in rows]
+    series = {"train": [r["train_bpd"] for r in rows], "val": [r["val_bpd"] for r in rows]}
+    lo = min(min(v) for v in series.values())
+    hi = max(max(v) for v in series.values())
+    hi = hi if hi > lo else lo + 1
+    smax = max(steps) or 1
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([pad, pad // 2, w - pad // 2, h - pad], outline="black")
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        return (pad + (w - 1.5 * pad) * step / smax, h - pad - (h - 1.5 * pad) * (value - lo) / (hi - lo))
+
+    for (name, values), colour in zip(series.items(), ["steelblue", "darkorange"]):
+        pts = [xy(s, v) for s, v in zip(steps, values)]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=2)
+        draw.text((w - 140, pad // 2 + 8 + 14 * (colour == "darkorange")), f"{name} bits/dim", fill=colour)
+    draw.text((pad, h - pad + 6), f"step 0 .. {int(smax)}", fill="black")
+    draw.text((4, pad // 2), f"{hi:.2f}", fill="black")
+    draw.text((4, h - pad - 10), f"{lo:.2f}", fill="black")
+    img.save(png_path)
+
+
+class PhotoPatches(PatchSource):
+    """Training crops from the training split of a photo folder; validation crops from the rest."""
+
+    def __init__(self, root: Path, val_fraction: float = 0.15, seed: int = 0):
+        from bswd.data import PatchSampler, list_photos, split_train_val
+
+        photos = list_photos(root)
+        if not photos:
+            raise ValueError(f"{root}: no photographs found (run `bswd data fetch {root}` first)")
+        train, val = split_train_val(photos, val_fraction, seed)
+        if not train or not val:
+            raise ValueError(f"{root}: need photos in both splits, got {len(train)} train / {len(val)} val")
+        self.train_paths, self.val_paths = train, val
+        self.sampler = PatchSampler(train, seed=seed)
+        self.val_sampler = PatchSampler(val, seed=seed + 1, n_scales=1)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return self.sampler.sample(n, rng)
+
+    def validation(self, n: int) -> np.ndarray:
+        return self.val_sampler.sample(n, np.random.default_rng(1234))

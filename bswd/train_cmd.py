@@ -1,0 +1,170 @@
+"""``bswd train`` / ``bswd export`` / ``bswd eval``: making a model and measuring it honestly."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from pathlib import Path
+
+import numpy as np
+
+from bswd.shell import Exit, atomic_write, build_engine, fail, load_model_file
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".webp"}
+
+
+def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: int, batch: int, width: int,
+              layers: int, device: str) -> Exit:
+    import torch
+
+    from bswd.model.config import ModelConfig
+    from bswd.train import CHECKPOINT, PhotoPatches, Trainer, TrainConfig
+
+    if device != "cpu":
+        fail("training on a GPU is not wired up yet; use --device cpu")
+        return Exit.USAGE
+    if resume is None and (data is None or out is None):
+        fail("give --data and --out for a new run, or --resume RUN")
+        return Exit.USAGE
+    run_dir = resume or out
+    assert run_dir is not None
+    try:
+        if resume is not None:
+            if not (resume / CHECKPOINT).exists():
+                fail(f"{resume}: no {CHECKPOINT} to resume from")
+                return Exit.FAILED
+            cfg_data = json.loads((resume / "train_config.json").read_text())
+            data_dir = Path(cfg_data.get("data_dir", data or ""))
+            trainer = Trainer.resume(resume, PhotoPatches(data or data_dir))
+        else:
+            assert data is not None and out is not None
+            if (out / CHECKPOINT).exists():
+                fail(f"{out}: already holds a run; use --resume {out}")
+                return Exit.FAILED
+            cfg = TrainConfig(steps=steps, batch=batch, model=ModelConfig(width=width, n_layers=layers))
+            out.mkdir(parents=True, exist_ok=True)
+            trainer = Trainer(cfg, out, PhotoPatches(data))
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+        return Exit.FAILED
+    (run_dir / "data_dir.txt").write_text(str((data or Path(".")).resolve()) + "\n")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from tqdm import tqdm
+
+    bar = tqdm(total=trainer.cfg.steps, initial=trainer.step, unit="step", file=sys.stderr)
+    last_val: list[float] = []
+
+    def progress(step: int, train_bpd: float, val: float | None) -> None:
+        if val is not None:
+            last_val.append(val)
+        bar.update(1)
+        bar.set_postfix(train_bpd=f"{train_bpd:.3f}", val_bpd=f"{last_val[-1]:.3f}" if last_val else "-")
+
+    try:
+        trainer.run(progress)
+    except KeyboardInterrupt:
+        trainer.save()
+        fail(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume {run_dir}")
+        return Exit.FAILED
+    finally:
+        bar.close()
+    print(f"trained to step {trainer.step} in {trainer.elapsed / 3600:.2f} h; log {run_dir / 'log.csv'}, "
+          f"curve {run_dir / 'curve.png'}")
+    return Exit.OK
+
+
+def run_export(run: Path, output: Path, model_id: str) -> Exit:
+    import torch
+
+    from bswd.model.net import BitSwapVAE
+    from bswd.model.quant import export_model
+    from bswd.train import CHECKPOINT, TrainConfig
+
+    try:
+        state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError) as exc:
+        fail(f"{run / CHECKPOINT}: cannot load checkpoint: {exc}")
+        return Exit.FAILED
+    cfg = TrainConfig.from_dict(state["train_config"])
+    model = BitSwapVAE(cfg.model)
+    model.load_state_dict(state["ema"])
+    model.set_quant(True)
+    meta = {"train_config": cfg.to_dict(), "step": state["step"],
+            "train_hours": round(state["elapsed"] / 3600, 3),
+            "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "quantized_from_step": int(cfg.qat_start * cfg.steps)}
+    data_note = run / "data_dir.txt"
+    if data_note.exists():
+        meta["data"] = "bswd data fetch (see ../shared/data/train-sources.md allow-list), training split"
+    mf = export_model(model, model_id, meta)
+    atomic_write(output, mf.to_bytes(), overwrite=True)
+    print(f"{output}: model {model_id!r}, sha256 {mf.sha256.hex()}, {output.stat().st_size:,} bytes")
+    return Exit.OK
+
+
+def image_paths(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str) -> Exit:
+    from PIL import Image
+
+    from bswd.classical import compare
+    from bswd.files import compress_images, decompress_many
+    from bswd import container
+    from bswd.images import split_image
+
+    files = image_paths(paths)
+    if not files:
+        fail("no images found in " + ", ".join(map(str, paths)))
+        return Exit.FAILED
+    engine = build_engine(load_model_file(model), device)
+    header = f"{'image':32} {'size':>9} {'-ELBO':>7} {'bswd':>7} {'png':>7} {'webp':>7} {'jxl':>7}  (bits/dim)"
+    print(header)
+    totals = np.zeros(6)
+    status = Exit.OK
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except OSError as exc:
+            fail(f"{path}: {exc}")
+            status = Exit.FAILED
+            continue
+        buf = _png_bytes(rgb)
+        split = split_image(buf, name=str(path), verify=False)
+        [res] = compress_images(engine, [split], scheme)
+        [(back, _)] = decompress_many(engine, [container.decode(res.data)])
+        again = split_image(back, name=str(path), verify=False)
+        if not np.array_equal(again.planes[0], rgb):
+            fail(f"{path}: round trip failed")
+            return Exit.FAILED
+        dims = rgb.size
+        sizes = {r.name: r.size_bytes for r in compare(rgb, ["png", "webp", "jxl"])}
+        row = np.array([dims, res.info_bits, 8 * len(res.data), 8 * sizes["png"], 8 * sizes["webp"], 8 * sizes["jxl"]])
+        totals += row
+        print(f"{path.name[:32]:32} {rgb.shape[1]}x{rgb.shape[0]:<5} " + " ".join(f"{v / dims:7.3f}" for v in row[1:]))
+    if totals[0]:
+        print(f"{'overall':32} {'':9} " + " ".join(f"{v / totals[0]:7.3f}" for v in totals[1:]))
+    return status
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+
