@@ -14,8 +14,10 @@ pop(push(s)) restores the state, and push(pop()) restores it too.
 Word order: when several heads of one lane emit a word in the same push, they are appended in
 ascending head order; a pop refills them from the top in the mirrored order.
 
-Initial bits: a fresh lane's stack holds ``reservoir`` words drawn from a seed (splitmix64, stable
-forever). The first pops consume them. ``low_water`` records how deep the stack was ever popped:
+Initial bits: a fresh lane's heads hold 31 random bits each above L, and its stack holds
+``reservoir`` words, all drawn from a seed (splitmix64, stable forever). The first pops consume
+them. (Heads starting at exactly L would make every head's first pop decode cf = 0: the lowest
+bin, an awful latent sample.) ``low_water`` records how deep the stack was ever popped:
 words below it were never touched, so a file need not store them (the decoder regenerates them).
 """
 
@@ -53,6 +55,13 @@ def seed_words(seed: int, lane: int, count: int) -> np.ndarray:
     return z.view(np.uint32)[:count].copy()
 
 
+def initial_lane(seed: int, lane: int, head_width: int, words: int) -> tuple[np.ndarray, np.ndarray]:
+    """(heads int64 [K] in [L, 2L), the first ``words`` reservoir words) of a fresh lane."""
+    stream = seed_words(seed, lane, head_width + words)
+    heads = STATE_LOWER | (stream[:head_width].astype(np.int64) >> 1)
+    return heads, stream[head_width:]
+
+
 class Lanes:
     """Rows of rANS lanes: heads int64 [n_rows, K], word stacks uint32 [n_rows, capacity]."""
 
@@ -68,10 +77,9 @@ class Lanes:
 
     # ---- lane set-up and read-out ------------------------------------------------------------
     def start(self, row: int, seed: int, lane: int, reservoir: int) -> None:
-        """Make ``row`` a fresh lane: heads at L, ``reservoir`` seed words on its stack."""
+        """Make ``row`` a fresh lane: seeded heads, ``reservoir`` seed words on its stack."""
         self._reserve(np.array([reservoir]))
-        self.heads[row] = STATE_LOWER
-        self.words[row, :reservoir] = seed_words(seed, lane, reservoir)
+        self.heads[row], self.words[row, :reservoir] = initial_lane(seed, lane, self.head_width, reservoir)
         self.ptr[row] = reservoir
         self.low_water[row] = reservoir
 
@@ -80,7 +88,7 @@ class Lanes:
         """Restore a lane written by ``payload``: regenerate the untouched seed words below it."""
         total = low_water + len(words)
         self._reserve(np.array([total]))
-        self.words[row, :low_water] = seed_words(seed, lane, low_water)
+        self.words[row, :low_water] = initial_lane(seed, lane, self.head_width, low_water)[1]
         self.words[row, low_water:total] = words
         self.ptr[row] = total
         self.low_water[row] = low_water
@@ -94,8 +102,8 @@ class Lanes:
     def is_initial(self, row: int, seed: int, lane: int) -> bool:
         """True if ``row`` is back exactly at a fresh lane's state (all bits given back)."""
         n = int(self.ptr[row])
-        return bool(np.all(self.heads[row] == STATE_LOWER)) and bool(
-            np.array_equal(self.words[row, :n], seed_words(seed, lane, n)))
+        heads, words = initial_lane(seed, lane, self.head_width, n)
+        return bool(np.array_equal(self.heads[row], heads)) and bool(np.array_equal(self.words[row, :n], words))
 
     def size_bits(self, row: int) -> int:
         """Bits a file stores for this lane: heads plus words above the low-water mark."""

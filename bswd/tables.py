@@ -33,13 +33,21 @@ LUT_STEP_LOG2 = 6  # the sigmoid table samples u every 2**-6
 LUT_RANGE = 16  # ... over [-16, 16]; beyond it sigma saturates to its end values
 _U_SHIFT = MEAN_FRAC - LUT_STEP_LOG2  # fractional bits of u below the table step
 _LUT_HALF = LUT_RANGE << LUT_STEP_LOG2  # index of u = 0
-_U_MAX = (LUT_RANGE << MEAN_FRAC) - 1
+_U_MAX = LUT_RANGE << MEAN_FRAC
+_EDGE_SENTINEL = 1 << 25  # outer edges: |edge - mean| * inv_scale always clamps to +-_U_MAX
 
 
 def build_sigmoid_lut() -> np.ndarray:
-    """round(2**30 * sigmoid(j / 64)) for j in [-1024, 1024], int64 [2049]."""
-    j = np.arange(-_LUT_HALF, _LUT_HALF + 1, dtype=np.float64) / (1 << LUT_STEP_LOG2)
-    return np.round((1 << SIGMA_FRAC) / (1.0 + np.exp(-j))).astype(np.int64)
+    """round(2**30 * sigmoid(j / 64)) for j in [-1024, 1024], int64 [2050].
+
+    The ends are pinned to exactly 0 and 2**30, and one more 2**30 follows, so that u clamped
+    to +-16 gives start(0) = 0 and start(n) = 2**precision with no special case.
+    """
+    j = np.arange(-_LUT_HALF, _LUT_HALF + 2, dtype=np.float64) / (1 << LUT_STEP_LOG2)
+    lut = np.round((1 << SIGMA_FRAC) / (1.0 + np.exp(-j))).astype(np.int64)
+    lut[0] = 0
+    lut[-2:] = 1 << SIGMA_FRAC
+    return lut
 
 
 def build_inv_scales(log_min: float, log_max: float, count: int) -> np.ndarray:
@@ -51,13 +59,14 @@ def build_inv_scales(log_min: float, log_max: float, count: int) -> np.ndarray:
 def pixel_edges(levels: int = 256) -> np.ndarray:
     """Edges k - 0.5 for k in [0, levels]; the two outer ones are never used."""
     edges = (np.arange(levels + 1, dtype=np.int64) << MEAN_FRAC) - (1 << (MEAN_FRAC - 1))
-    edges[0] = edges[-1] = 0
+    edges[0], edges[-1] = -_EDGE_SENTINEL, _EDGE_SENTINEL
     return edges
 
 
 def latent_edges(bins: int) -> np.ndarray:
     """Equal-mass bins under the standard logistic: edge_j = logit(j / bins)."""
     edges = np.zeros(bins + 1, dtype=np.int64)
+    edges[0], edges[-1] = -_EDGE_SENTINEL, _EDGE_SENTINEL
     for j in range(1, bins):
         p = j / bins
         edges[j] = round(math.log(p / (1.0 - p)) * (1 << MEAN_FRAC))
@@ -77,7 +86,7 @@ class LogisticFamily:
 
     edges: np.ndarray  # int64 [n + 1]
     inv_scales: np.ndarray  # int64 [count]
-    sigmoid: np.ndarray  # int64 [2 * LUT_RANGE * 2**LUT_STEP_LOG2 + 1]
+    sigmoid: np.ndarray  # int64 [2 * LUT_RANGE * 2**LUT_STEP_LOG2 + 2]
     precision: int
 
     @property
@@ -87,25 +96,24 @@ class LogisticFamily:
     def check_ranges(self, mean_min: int, mean_max: int) -> None:
         """Fail at export if any product in ``starts`` could overflow int64 (see module doc)."""
         reach = max(abs(int(self.edges.max()) - mean_min), abs(int(self.edges.min()) - mean_max))
+        if len(self.sigmoid) != 2 * _LUT_HALF + 2 or self.sigmoid[0] != 0 or self.sigmoid[-2] != 1 << SIGMA_FRAC:
+            raise ValueError("sigmoid table has the wrong length or ends")
         if reach >= 1 << 26 or int(self.inv_scales.max()) >= 1 << 30:
             raise ValueError("logistic family parameters exceed the exact-integer bounds")
         if (1 << self.precision) - self.n <= 0 or self.precision > 31:
             raise ValueError("precision too small for the number of symbols")
 
     def starts(self, k: np.ndarray, mean: np.ndarray, inv_scale: np.ndarray) -> np.ndarray:
-        """start(k) for int64 arrays of one shape (k may be 0..n inclusive)."""
-        n = self.n
-        total = (1 << self.precision) - n
-        edge = self.edges[np.clip(k, 0, n)]
-        u = ((edge - mean) * inv_scale) >> INV_SCALE_FRAC
-        u = np.clip(u, -_U_MAX, _U_MAX)
+        """start(k) for int64 arrays of one shape, 0 <= k <= n (the outer edges are sentinels
+        that clamp to the table's pinned ends, giving start(0) = 0, start(n) = 2**precision)."""
+        total = (1 << self.precision) - self.n
+        u = ((self.edges[k] - mean) * inv_scale) >> INV_SCALE_FRAC
+        u = np.minimum(np.maximum(u, -_U_MAX), _U_MAX)
         j = (u >> _U_SHIFT) + _LUT_HALF
         frac = u & ((1 << _U_SHIFT) - 1)
         lo = self.sigmoid[j]
         sig = lo + (((self.sigmoid[j + 1] - lo) * frac) >> _U_SHIFT)
-        c = (sig * total) >> SIGMA_FRAC
-        c = np.where(k <= 0, 0, np.where(k >= n, total, c))
-        return c + k
+        return ((sig * total) >> SIGMA_FRAC) + k
 
     def encode_params(self, symbols: np.ndarray, mean: np.ndarray, sidx: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
