@@ -137,3 +137,28 @@ def data_fetch(dest: Path = typer.Argument(..., help="Folder to put the photogra
         fail(str(exc))
         raise typer.Exit(Exit.FAILED) from exc
     typer.echo(f"{len(paths)} photos in {dest}")
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config file (see docs/daemon.md)."),
+    watch: Optional[list[str]] = typer.Option(None, "--watch", help="IN:OUT - watch IN, write .bsw files to OUT (repeatable)."),
+    poll: bool = typer.Option(False, "--poll", help="Use the polling observer for --watch folders (NFS/SMB)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="ZeroMQ endpoint (default tcp://127.0.0.1:5555)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="HOST:PORT for /metrics, /healthz, /readyz."),
+    state: Optional[Path] = typer.Option(None, "--state", help="State folder: job database, spool, results."),
+    device: Optional[list[str]] = typer.Option(None, "--device", help="cpu, cuda:N or auto (repeatable)."),
+    model: Optional[Path] = MODEL_OPT,
+) -> None:
+    """Run the daemon: a resident model serving bswctl, watched folders and Prometheus metrics."""
+    from bswd.config import load_config, parse_watch_flag
+    from bswd.daemon import run_serve
+
+    def load():
+        flags: dict = {"endpoint": endpoint, "metrics": metrics, "state_dir": state,
+                       "model": str(model) if model else None, "devices": tuple(device) if device else None}
+        if watch:
+            flags["watch"] = tuple(parse_watch_flag(w, poll) for w in watch)
+        return load_config(config, overrides={k: v for k, v in flags.items() if v is not None})
+
+    raise typer.Exit(run_serve(load))

@@ -1,0 +1,97 @@
+"""Putting verified outputs in place and applying a watched folder's policy to the original.
+
+``publish`` writes to a hidden temporary name in the target folder, fsyncs, reads the file back and
+compares it with the bytes that were verified by decoding, then renames it into place and fsyncs
+the folder: a reader sees either no output or a complete, verified one. ``apply_policy`` touches
+an original only after that, and only when the original is still the file that was submitted
+(same size, mtime and inode); otherwise it is kept and the reason is returned.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+BSW_SUFFIX = ".bsw"
+
+
+class PublishError(OSError):
+    """The output could not be written or did not read back identically."""
+
+
+def file_ident(path: Path) -> str:
+    """``size:mtime_ns:inode`` of ``path`` (what makes a watched file "the same file")."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically and durably (replacing an earlier output)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with open(tmp, "rb") as fh:
+            if fh.read() != data:
+                raise PublishError(f"{target}: the written file does not read back identically")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def compressed_name(name: str) -> str:
+    """``a.png`` -> ``a.png.bsw``."""
+    return Path(name).name + BSW_SUFFIX
+
+
+def decompressed_name(name: str, ext: str) -> str:
+    """``a.png.bsw`` -> ``a.png``; ``x.bsw`` with ext ``.png`` -> ``x.png``."""
+    base = Path(name).name
+    if base.endswith(BSW_SUFFIX):
+        base = base[: -len(BSW_SUFFIX)]
+    suffix = Path(base).suffix.lower()
+    same = {".jpg": ".jpeg", ".tif": ".tiff"}
+    if suffix and same.get(suffix, suffix) == same.get(ext.lower(), ext.lower()):
+        return base
+    return (base[: -len(suffix)] if suffix else base) + ext
+
+
+def apply_policy(original: Path, ident: str | None, policy: str, done_dir: Path) -> str:
+    """Keep, move or delete ``original`` after its output was verified; returns what happened."""
+    if policy == "keep":
+        return "kept"
+    try:
+        now = file_ident(original)
+    except FileNotFoundError:
+        return "original already gone"
+    if ident is not None and now != ident:
+        return "original changed since it was taken; kept"
+    if policy == "move":
+        done_dir.mkdir(parents=True, exist_ok=True)
+        dest = done_dir / original.name
+        n = 1
+        while dest.exists():
+            dest = done_dir / f"{original.stem}.{n}{original.suffix}"
+            n += 1
+        os.rename(original, dest)
+        _fsync_dir(original.parent)
+        return f"moved to {dest}"
+    if policy == "delete-after-verify":
+        original.unlink()
+        _fsync_dir(original.parent)
+        return "deleted"
+    raise ValueError(f"unknown policy {policy!r}")
