@@ -195,12 +195,12 @@ class FrontEnd:
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _setup_curve(self, ctx: zmq.Context, secret_file: str, clients_dir: str) -> None:
-        import zmq.auth
+        from zmq.auth import load_certificate
         from zmq.auth.thread import ThreadAuthenticator
 
         if not clients_dir or not Path(clients_dir).is_dir():
             raise ConfigError("[curve] allowed_clients_dir must be a folder of client public keys")
-        public, secret = zmq.auth.load_certificate(secret_file)
+        public, secret = load_certificate(secret_file)
         if secret is None:
             raise ConfigError(f"{secret_file}: not a secret certificate")
         self._auth = ThreadAuthenticator(ctx)
