@@ -95,8 +95,9 @@ class Engine:
 
     # ---- public API ------------------------------------------------------------------------------
     def encode(self, planes: list[np.ndarray], scheme: str = "bitswap",
-               progress: Progress | None = None) -> list[CodedPlane]:
-        """Code each H x W x C uint8 plane (C in {1, 3})."""
+               progress: Progress | None = None, seeds: list[int] | None = None) -> list[CodedPlane]:
+        """Code each H x W x C uint8 plane (C in {1, 3}); ``seeds`` overrides the initial-bits
+        seed per plane (default: the engine's)."""
         for p in planes:
             if p.dtype != np.uint8 or p.ndim != 3 or p.shape[2] not in (1, 3) or 0 in p.shape:
                 raise ValueError(f"planes must be non-empty H x W x 1|3 uint8 arrays, got {p.dtype} {p.shape}")
@@ -106,7 +107,8 @@ class Engine:
             geom = Geometry(p.shape[0], p.shape[1])
             k = head_width_for(geom.n_patches)
             ranges = lane_ranges(geom.n_patches, self.lanes_for(geom.n_patches))
-            coded.append(CodedPlane(geom.height, geom.width, p.shape[2], scheme, self.config.seed, k, []))
+            seed = self.config.seed if seeds is None else seeds[i]
+            coded.append(CodedPlane(geom.height, geom.width, p.shape[2], scheme, seed, k, []))
             tasks += [_Task(i, j, s, e) for j, (s, e) in enumerate(ranges)]
         self._run(tasks, coded, planes, PatchCoder(self.model, scheme), progress)
         for t in tasks:

@@ -15,8 +15,8 @@ and they sum to exactly 2**precision.
 The lookup tables are built once, with floats, when a model is exported (``build_*``), stored in
 the model file, and only indexed afterwards.
 
-Bounds (checked by ``check_ranges``): |edge - mu| < 2**26 and inv_scale < 2**30 keep the product
-below 2**56; sigma < 2**30 and T < 2**31 keep their product below 2**61.
+Bounds (checked by ``check_ranges``): |edge - mu| < 2**31 and inv_scale < 2**31 keep the product
+below 2**62; sigma <= 2**30 and T < 2**31 keep their product below 2**61.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ LUT_RANGE = 16  # ... over [-16, 16]; beyond it sigma saturates to its end value
 _U_SHIFT = MEAN_FRAC - LUT_STEP_LOG2  # fractional bits of u below the table step
 _LUT_HALF = LUT_RANGE << LUT_STEP_LOG2  # index of u = 0
 _U_MAX = LUT_RANGE << MEAN_FRAC
-_EDGE_SENTINEL = 1 << 25  # outer edges: |edge - mean| * inv_scale always clamps to +-_U_MAX
+_EDGE_SENTINEL = 1 << 30  # outer edges: |edge - mean| * inv_scale always clamps to +-_U_MAX
 
 
 def build_sigmoid_lut() -> np.ndarray:
@@ -94,12 +94,19 @@ class LogisticFamily:
         return len(self.edges) - 1
 
     def check_ranges(self, mean_min: int, mean_max: int) -> None:
-        """Fail at export if any product in ``starts`` could overflow int64 (see module doc)."""
+        """Fail at export unless every product in ``starts`` fits int64 and the outer edges
+        always clamp to the table ends (see module doc)."""
         reach = max(abs(int(self.edges.max()) - mean_min), abs(int(self.edges.min()) - mean_max))
+        inv_max, inv_min = int(self.inv_scales.max()), int(self.inv_scales.min())
+        if reach >= 1 << 31 or inv_max >= 1 << 31 or inv_min < 1:
+            raise ValueError("logistic family parameters exceed the exact-integer bounds")
+        inner = min(_EDGE_SENTINEL - abs(mean_min), _EDGE_SENTINEL - abs(mean_max))
+        if (inner * inv_min) >> INV_SCALE_FRAC < _U_MAX:
+            raise ValueError("outer edges do not clamp to the table ends for the broadest scale")
+        if abs(int(self.edges[0])) != _EDGE_SENTINEL or abs(int(self.edges[-1])) != _EDGE_SENTINEL:
+            raise ValueError("outer edges must be the sentinels")
         if len(self.sigmoid) != 2 * _LUT_HALF + 2 or self.sigmoid[0] != 0 or self.sigmoid[-2] != 1 << SIGMA_FRAC:
             raise ValueError("sigmoid table has the wrong length or ends")
-        if reach >= 1 << 26 or int(self.inv_scales.max()) >= 1 << 30:
-            raise ValueError("logistic family parameters exceed the exact-integer bounds")
         if (1 << self.precision) - self.n <= 0 or self.precision > 31:
             raise ValueError("precision too small for the number of symbols")
 
