@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from bswd.batcher import BatchSettings, Batcher
 from bswd.config import ConfigError, DaemonConfig, WatchFolder
 from bswd.jobs import JobStore, QueueFull
-from bswd.metrics import Health, Metrics, MetricsServer
+from bswd.metrics import Health, Metrics, MetricsServer, wipe_multiproc_dir
 from bswd.outputs import file_ident
 from bswd.server import FrontEnd, Requests, read_limited
 from bswd.watcher import FolderWatcher
@@ -114,6 +114,10 @@ class Daemon:
         self.registry = registry or CollectorRegistry()
         self.ctx = ctx or zmq.Context()
         self._clock = clock
+        stale = wipe_multiproc_dir(self.env)
+        if stale:
+            log.warning("removed stale prometheus multiprocess files (bswd is one process)",
+                        extra={"fields": {"files": [str(p) for p in stale]}})
         self.metrics = Metrics(self.registry, VERSION)
         self.store = JobStore(config.state_dir)
         self.health = Health(queue_depth=self.store.queued_count,

@@ -15,7 +15,10 @@ that could outlive a run (BUG-20); counters start at zero with each process.
 from __future__ import annotations
 
 import json
+import os
 import threading
+from collections.abc import Mapping
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +34,23 @@ SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 LANE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 FILL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 BPD_BUCKETS = (0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 10, 12)
+
+
+def wipe_multiproc_dir(env: Mapping[str, str]) -> list[Path]:
+    """Remove stale ``*.db`` files from a ``PROMETHEUS_MULTIPROC_DIR`` left in the environment.
+
+    bswd serves its metrics from one process and never aggregates that folder, but when the
+    variable is set prometheus_client keeps every value in a file named after the process id,
+    and a new process that gets an old pid (pid 1 in every container) would start from the old
+    run's values (BUG-20). Call this before creating ``Metrics``.
+    """
+    folder = env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir")
+    if not folder or not os.path.isdir(folder):
+        return []
+    stale = sorted(Path(folder).glob("*.db"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 class Metrics:
