@@ -170,17 +170,18 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
 
 
 def describe_bsw(f: container.BswFile, size: int) -> str:
-    from bswd.files import PLANE, plane_files
+    from bswd.files import PLANE, plane_files, stored_channels
 
     planes = plane_files(f)
     sizes = container.payload_sizes(f)
-    subpixels = sum(p.width * p.height * p.channels for p in planes)
+    subpixels = sum(p.width * p.height * (p.channels or stored_channels(p)) for p in planes)
+    stored = sum(1 for p in planes if stored_channels(p))
     lines = [
         f"format version   {f.format_version}",
         f"model            {f.model_id} (sha256 {f.model_hash.hex()})",
         f"scheme           {f.scheme}, precision {f.precision} bits, {f.head_width} heads per lane",
         f"image            {f.width}x{f.height}, {f.channels or 'no'} model channel(s), "
-        f"{len(planes)} model plane(s)",
+        f"{len(planes)} plane(s)" + (f", {stored} stored raw (the model would have been larger)" if stored else ""),
         f"lanes            {len(f.lanes)} ({', '.join(str(ln.n_patches) for ln in f.lanes) or '-'} patches)",
         f"payload          header {sizes['header']} B, lanes {sum(sizes['lanes']):,} B, "
         + ", ".join(f"{k} {n:,} B" for k, n in sizes["sections"] if k != PLANE),

@@ -97,6 +97,11 @@ def _stored_plane(f: BswFile) -> np.ndarray | None:
     return None
 
 
+def stored_channels(f: BswFile) -> int:
+    """Channels of a plane stored raw in this file, 0 if it has none."""
+    return next((s.data[0] for s in f.sections if s.kind == STORED and s.data), 0)
+
+
 def plane_files(f: BswFile) -> list[BswFile]:
     """The main plane file followed by every nested plane file."""
     return [f] + [container.decode(s.data) for s in f.sections if s.kind == PLANE]

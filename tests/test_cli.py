@@ -1,0 +1,148 @@
+"""`bswd compress / decompress / inspect` as a user runs them: real files, exit codes, messages."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from bswd.cli import app
+from tests.conftest import make_model_file, noise
+
+runner = CliRunner()
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.bswm"
+    path.write_bytes(make_model_file().to_bytes())
+    return path
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array.squeeze()).save(path)
+    return path
+
+
+def bswd(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def test_compress_decompress_round_trip(tmp_path, model_path):
+    src = save_png(tmp_path / "a.png", noise(45, 70, seed=1))
+    res = bswd("compress", src, "--model", model_path, "-q")
+    assert res.exit_code == 0, res.output
+    bsw = tmp_path / "a.png.bsw"
+    assert bsw.exists() and "bits/dim" in res.output
+    out = tmp_path / "back.png"
+    res = bswd("decompress", bsw, "-o", out, "--model", model_path, "-q")
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(pixels(out), pixels(src))
+
+
+def test_many_files_to_an_output_folder_with_a_real_photo(tmp_path, model_path):
+    srcs = [DATA / "home_64x64.png", save_png(tmp_path / "g.png", noise(20, 33, 1, seed=2)[..., 0])]
+    res = bswd("compress", *srcs, "-o", tmp_path / "out", "--model", model_path, "-q")
+    assert res.exit_code == 0, res.output
+    for s in srcs:
+        bsw = tmp_path / "out" / (s.name + ".bsw")
+        res = bswd("decompress", bsw, "-o", tmp_path / "back", "--model", model_path, "-q")
+        assert res.exit_code == 0, res.output
+        assert np.array_equal(pixels(tmp_path / "back" / s.name), pixels(s))
+
+
+def test_existing_output_is_not_overwritten(tmp_path, model_path):
+    src = save_png(tmp_path / "a.png", noise(8, 8, seed=3))
+    (tmp_path / "a.png.bsw").write_bytes(b"keep me")
+    res = bswd("compress", src, "--model", model_path, "-q")
+    assert res.exit_code == 1 and "already exists" in res.output
+    assert (tmp_path / "a.png.bsw").read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("empty.png", b"", "empty"),
+    ("notes.png", b"these are my notes, not a picture\n", "not an image"),
+])
+def test_bad_inputs_fail_clearly_and_write_nothing_bug08(tmp_path, model_path, name, content, reason):
+    src = tmp_path / name
+    src.write_bytes(content)
+    res = bswd("compress", src, "--model", model_path, "-q")
+    assert res.exit_code == 1
+    assert name in res.output and reason in res.output.lower()
+    assert not (tmp_path / (name + ".bsw")).exists()
+
+
+def test_truncated_png_is_never_compressed_bug08(tmp_path, model_path):
+    buf = io.BytesIO()
+    Image.fromarray(noise(64, 64, seed=4)).save(buf, format="PNG")
+    src = tmp_path / "half.png"
+    src.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    res = bswd("compress", src, "--model", model_path, "-q")
+    assert res.exit_code == 1 and "truncated" in res.output.lower()
+    assert not (tmp_path / "half.png.bsw").exists()
+
+
+def test_jpeg_needs_allow_lossy_source(tmp_path, model_path):
+    src = tmp_path / "p.jpg"
+    Image.fromarray(noise(16, 16, seed=5)).save(src, quality=90)
+    res = bswd("compress", src, "--model", model_path, "-q")
+    assert res.exit_code == 1 and "--allow-lossy-source" in res.output
+    res = bswd("compress", src, "--model", model_path, "-q", "--allow-lossy-source")
+    assert res.exit_code == 0, res.output
+    res = bswd("decompress", tmp_path / "p.jpg.bsw", "--model", model_path, "-q")
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(pixels(tmp_path / "p.png"), pixels(src))
+
+
+@pytest.fixture()
+def good_bsw(tmp_path, model_path) -> Path:
+    src = save_png(tmp_path / "n.png", noise(64, 64, seed=6))
+    assert bswd("compress", src, "--model", model_path, "-q").exit_code == 0
+    src.unlink()
+    return tmp_path / "n.png.bsw"
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda b: b[:-8], "missing"),
+    (lambda b: b[: len(b) // 2] + bytes([b[len(b) // 2] ^ 1]) + b[len(b) // 2 + 1 :], "crc"),
+    (lambda b: b + b"\0\1\2\3", "trailing"),
+    (lambda b: b"", "empty"),
+])
+def test_damaged_bsw_fails_with_a_specific_error_bug07(good_bsw, model_path, damage, message):
+    good_bsw.write_bytes(damage(good_bsw.read_bytes()))
+    res = bswd("decompress", good_bsw, "--model", model_path, "-q")
+    assert res.exit_code == 1
+    assert message in res.output.lower() and "n.png.bsw" in res.output
+    assert not (good_bsw.parent / "n.png").exists()
+
+
+def test_other_model_is_refused_by_name_bug05(good_bsw, tmp_path):
+    other = tmp_path / "other.bswm"
+    other.write_bytes(make_model_file(seed=1, model_id="other").to_bytes())
+    res = bswd("decompress", good_bsw, "--model", other, "-q")
+    assert res.exit_code == 1
+    assert "tiny-test" in res.output and "--model" in res.output
+    assert not (good_bsw.parent / "n.png").exists()
+
+
+def test_inspect_shows_the_header(good_bsw):
+    res = bswd("inspect", good_bsw)
+    assert res.exit_code == 0, res.output
+    assert "tiny-test" in res.output and "64x64" in res.output and "bits/dim" in res.output
+
+
+def test_help_explains_every_option():
+    res = bswd("compress", "--help")
+    assert res.exit_code == 0
+    for opt in ("--output", "--model", "--scheme", "--compare", "--allow-lossy-source", "--force"):
+        assert opt in res.output
