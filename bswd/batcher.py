@@ -215,7 +215,7 @@ class Batcher:
             return list(call(works))
         except Aborted:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever one job trips must not fail the others
             if len(works) == 1:
                 return [exc]
             return [r for w in works for r in self._isolate([w], call)]
@@ -246,11 +246,11 @@ class Batcher:
             try:
                 again = split_image(back[0], name=w.job.name, max_pixels=self.settings.max_pixels,
                                     verify=False)
-            except Exception as exc:  # the rebuilt file does not even reopen
+            except Exception as exc:  # noqa: BLE001 - any error here is a verification failure
                 again = None
                 why = f"the decoded file does not reopen: {exc}"
-            if again is not None and len(again.planes) != len(w.split.planes) or not all(
-                    np.array_equal(a, b) for a, b in zip(again.planes, w.split.planes)):
+            if again is not None and (len(again.planes) != len(w.split.planes) or not all(
+                    np.array_equal(a, b) for a, b in zip(again.planes, w.split.planes))):
                 why = "decoded pixels differ from the input"
         if why:
             self.metrics.verify_failures.inc()

@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 POLICIES = ("keep", "move", "delete-after-verify")
 WATCH_OPS = ("compress", "decompress")

@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 from prometheus_client import CollectorRegistry
 
-from bswd.batcher import BatchSettings, Batcher
+from bswd.batcher import Batcher, BatchSettings
 from bswd.config import ConfigError, DaemonConfig, WatchFolder
 from bswd.jobs import JobStore, QueueFull
 from bswd.metrics import Health, Metrics, MetricsServer, wipe_multiproc_dir

@@ -61,8 +61,7 @@ def compressed_name(name: str) -> str:
 def decompressed_name(name: str, ext: str) -> str:
     """``a.png.bsw`` -> ``a.png``; ``x.bsw`` with ext ``.png`` -> ``x.png``."""
     base = Path(name).name
-    if base.endswith(BSW_SUFFIX):
-        base = base[: -len(BSW_SUFFIX)]
+    base = base.removesuffix(BSW_SUFFIX)
     suffix = Path(base).suffix.lower()
     same = {".jpg": ".jpeg", ".tif": ".tiff"}
     if suffix and same.get(suffix, suffix) == same.get(ext.lower(), ext.lower()):

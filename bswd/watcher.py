@@ -121,7 +121,7 @@ class FolderWatcher:
             self.polling = True
             try:
                 observer.stop()
-            except Exception:  # it never started; nothing to stop
+            except RuntimeError:  # it never started; nothing to stop
                 pass
             fallback = PollingObserver(timeout=folder.poll_interval_s)
             fallback.schedule(_Handler(self), str(folder.input), recursive=False)

@@ -113,10 +113,12 @@ class Daemon:
 
     def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         env = {**os.environ, "BSWD_ENDPOINT": self.endpoint}
-        return subprocess.run([BSWCTL, *args], capture_output=True, text=True, env=env, timeout=timeout)
+        return subprocess.run([BSWCTL, *args], capture_output=True, text=True, env=env, timeout=timeout,
+                              check=False)
 
     def call(self, kind: str, payloads: tuple[bytes, ...] = (), timeout: float = 10, **fields):
         from bswctl.transport import Transport
+
         from bswd import protocol
 
         with Transport(self.endpoint, timeout, retries=0) as t:

@@ -8,18 +8,17 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import zmq
-
 from bswctl.cli import Exit
-from bswd import protocol
 from daemonkit import BSWCTL, free_port, png_bytes
+
+from bswd import protocol
 
 
 def _ctl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([BSWCTL, *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([BSWCTL, *args], capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, "BSWD_ENDPOINT": "tcp://127.0.0.1:1"})
 
 

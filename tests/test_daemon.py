@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from bswctl.cli import Exit
 from daemonkit import Daemon, all_jobs, pixels, png_bytes, write_tiny_model
 
@@ -112,7 +111,7 @@ def test_bad_inputs_fail_with_reasons_and_write_nothing(daemon, tmp_path):
 
 def test_metrics_match_what_was_done(daemon, tmp_path, stale_dir):
     """Counters equal the jobs' own numbers; a stale multiprocess file does not leak in (BUG-20)."""
-    folder, stale = stale_dir
+    _, stale = stale_dir
     removed = [e for e in daemon.logs() if e["msg"].startswith("removed stale prometheus")]
     assert removed and sorted(Path(f).name for f in removed[0]["files"]) == stale
     names = ["bswd_jobs_completed_total", "bswd_input_bytes_total", "bswd_output_bytes_total",
@@ -187,6 +186,7 @@ def test_protocol_errors_get_explicit_codes(daemon):
     assert daemon.call("status", job=999999).code == "not_found"
     assert daemon.call("submit", op="shrink", name="x").code == "bad_request"
     from bswctl.transport import Transport
+
     from bswd.protocol import Message
 
     with Transport(daemon.endpoint, 5, 0) as t:

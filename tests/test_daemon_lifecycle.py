@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import zmq
+from daemonkit import Daemon, all_jobs, png_bytes, write_tiny_model
 
 from bswd import protocol
-from daemonkit import Daemon, all_jobs, png_bytes, write_tiny_model
 
 
 @pytest.fixture(scope="module")

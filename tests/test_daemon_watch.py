@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemonkit import Daemon, all_jobs, pixels, png_bytes, write_tiny_model
 
 from bswd.config import WatchFolder
 from bswd.watcher import FolderWatcher
-from daemonkit import Daemon, all_jobs, pixels, png_bytes, write_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -96,9 +96,9 @@ def main(
     timeout: float = typer.Option(5.0, "--timeout", envvar="BSWD_TIMEOUT",
                                   help="Seconds to wait for each reply, retries included."),
     retries: int = typer.Option(1, "--retries", help="Resend a request this many times (each on a new socket)."),
-    server_key: Optional[Path] = typer.Option(None, "--server-key", envvar="BSWD_SERVER_KEY",
+    server_key: Path | None = typer.Option(None, "--server-key", envvar="BSWD_SERVER_KEY",
                                               help="CurveZMQ: the daemon's public certificate."),
-    client_cert: Optional[Path] = typer.Option(None, "--client-cert", envvar="BSWD_CLIENT_CERT",
+    client_cert: Path | None = typer.Option(None, "--client-cert", envvar="BSWD_CLIENT_CERT",
                                                help="CurveZMQ: this client's secret certificate."),
     json_out: bool = typer.Option(False, "--json", help="Print replies as JSON."),
 ) -> None:
@@ -140,7 +140,7 @@ def submit(
     files: list[Path] = typer.Argument(..., help="Images to compress (or .bsw files with --decompress)."),
     decompress: bool = typer.Option(False, "--decompress", "-d", help="Decompress .bsw files instead."),
     wait: bool = typer.Option(False, "--wait", "-w", help="Wait for the jobs and write their outputs."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Path | None = typer.Option(None, "--output", "-o",
                                           help="With --wait: output folder (default: next to each input)."),
     by_path: bool = typer.Option(False, "--path", help="Send paths for the daemon to read (inside its submit_roots)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing outputs."),
@@ -248,7 +248,7 @@ def _finished(ctl: Ctl, f: Path, info: dict[str, Any], reply: Message, op: str, 
 
 
 @app.command()
-def status(ctx: typer.Context, job: Optional[int] = typer.Argument(None, help="A job id (default: recent jobs).")) -> None:
+def status(ctx: typer.Context, job: int | None = typer.Argument(None, help="A job id (default: recent jobs).")) -> None:
     """One job's state, or the counts and the most recent jobs."""
     ctl: Ctl = ctx.obj
 
