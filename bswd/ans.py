@@ -119,6 +119,13 @@ class Lanes:
             self.words = grown
 
     # ---- coding --------------------------------------------------------------------------------
+    def _rank(self, r_idx: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row counts of the flagged heads and each flagged head's rank within its row
+        (r_idx comes from np.nonzero, so it is sorted and heads ascend within a row)."""
+        counts = np.bincount(r_idx, minlength=n_rows)
+        first = np.cumsum(counts) - counts
+        return counts, np.arange(len(r_idx)) - first[r_idx]
+
     def push(self, rows: np.ndarray, starts: np.ndarray, freqs: np.ndarray,
              mask: np.ndarray | None = None) -> None:
         """Push one symbol per (row, head): starts/freqs int64 [len(rows), K], 0 <= start,
@@ -127,20 +134,19 @@ class Lanes:
         x = self.heads[rows]
         if mask is not None:
             freqs = np.where(mask, freqs, 1)
-            starts = np.where(mask, starts, 0)
         emit = x >= (freqs << (63 - p))
         if mask is not None:
             emit &= mask
-        counts = emit.sum(axis=1)
-        if counts.any():
+        r_idx, k_idx = np.nonzero(emit)
+        if len(r_idx):
+            counts, rank = self._rank(r_idx, len(rows))
             ptr = self.ptr[rows]
             self._reserve(ptr + counts)
-            r_idx, k_idx = np.nonzero(emit)
-            rank = np.cumsum(emit, axis=1)[r_idx, k_idx] - 1
             self.words[rows[r_idx], ptr[r_idx] + rank] = (x[r_idx, k_idx] & WORD_MASK).astype(np.uint32)
             x[r_idx, k_idx] >>= WORD_BITS
             self.ptr[rows] = ptr + counts
-        coded = ((x // freqs) << p) + (x % freqs) + starts
+        q, r = np.divmod(x, freqs)
+        coded = (q << p) + r + starts
         self.heads[rows] = coded if mask is None else np.where(mask, coded, x)
 
     def peek(self, rows: np.ndarray) -> np.ndarray:
@@ -152,18 +158,15 @@ class Lanes:
         """Remove the symbols found from ``peek``: start <= cf < start + freq must hold."""
         p = self.precision
         x = self.heads[rows]
-        cf = x & ((1 << p) - 1)
-        popped = freqs * (x >> p) + cf - starts
+        popped = freqs * (x >> p) + (x & ((1 << p) - 1)) - starts
         if mask is not None:
             popped = np.where(mask, popped, x)
-        need = popped < STATE_LOWER
-        counts = need.sum(axis=1)
-        if counts.any():
+        r_idx, k_idx = np.nonzero(popped < STATE_LOWER)
+        if len(r_idx):
+            counts, rank = self._rank(r_idx, len(rows))
             ptr = self.ptr[rows]
             if np.any(ptr < counts):
                 raise AnsError("popped past the bottom of a lane's stack (initial bits exhausted)")
-            r_idx, k_idx = np.nonzero(need)
-            rank = np.cumsum(need, axis=1)[r_idx, k_idx] - 1
             pos = ptr[r_idx] - counts[r_idx] + rank
             refill = self.words[rows[r_idx], pos].astype(np.int64)
             popped[r_idx, k_idx] = (popped[r_idx, k_idx] << WORD_BITS) | refill

@@ -41,11 +41,11 @@ class Compressed:
     model_bits: int  # bits the file spends on model-coded lanes (heads + words)
 
 
-def _plane_file(engine: Engine, coded: CodedPlane | None, plane: np.ndarray, checksum: bytes,
-                sections: tuple[Section, ...]) -> BswFile:
+def _plane_file(engine: Engine, coded: CodedPlane, plane: np.ndarray, checksum: bytes,
+                sections: tuple[Section, ...], allow_stored: bool) -> BswFile:
     model = engine.model
     h, w, c = plane.shape
-    if coded is None or coded.stored_bits > 8 * plane.size:
+    if allow_stored and coded.stored_bits > 8 * plane.size:
         stored = Section(STORED, bytes([c]) + np.ascontiguousarray(plane).tobytes())
         return BswFile(model.model_id, model.sha256, "bitswap", w, h, 0, engine.config.seed, 1,
                        model.cfg.precision, (), checksum, (stored, *sections))
@@ -55,8 +55,11 @@ def _plane_file(engine: Engine, coded: CodedPlane | None, plane: np.ndarray, che
 
 
 def compress_images(engine: Engine, images: list[SplitImage], scheme: str = "bitswap",
-                    progress: Callable[[int], None] | None = None) -> list[Compressed]:
-    """Compress many split images in one engine run, so their patches share batches."""
+                    progress: Callable[[int], None] | None = None,
+                    allow_stored: bool = True) -> list[Compressed]:
+    """Compress many split images in one engine run, so their patches share batches.
+
+    ``allow_stored=False`` keeps model coding even where raw storage would be smaller (tests)."""
     flat = [p for im in images for p in im.planes]
     coded = engine.encode(flat, scheme, progress) if flat else []
     out = []
@@ -66,16 +69,16 @@ def compress_images(engine: Engine, images: list[SplitImage], scheme: str = "bit
         mine = coded[pos : pos + len(planes)]
         pos += len(planes)
         checksum = pixel_checksum(planes)
-        nested = tuple(Section(PLANE, container.encode(_plane_file(engine, c, p, checksum, ())))
+        nested = tuple(Section(PLANE, container.encode(_plane_file(engine, c, p, checksum, (), allow_stored)))
                        for c, p in zip(mine[1:], planes[1:]))
         sections = (Section(SIDE, im.side), *nested)
         if planes:
-            f = _plane_file(engine, mine[0], planes[0], checksum, sections)
+            f = _plane_file(engine, mine[0], planes[0], checksum, sections, allow_stored)
         else:
             m = engine.model
             f = BswFile(m.model_id, m.sha256, "bitswap", 1, 1, 0, engine.config.seed, 1,
                         m.cfg.precision, (), checksum, sections)
-        used = [c for c, p in zip(mine, planes) if c.stored_bits <= 8 * p.size]
+        used = [c for c, p in zip(mine, planes) if not allow_stored or c.stored_bits <= 8 * p.size]
         out.append(Compressed(container.encode(f), sum(p.size for p in planes),
                               sum(p.size for p in planes), sum(c.info_bits for c in used),
                               sum(c.stored_bits for c in used)))
