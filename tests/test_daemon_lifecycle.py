@@ -114,11 +114,11 @@ def test_kill_9_mid_batch_then_restart_loses_and_duplicates_nothing(model_path, 
 
 def test_sigterm_drains_and_exits_0(model_path, tmp_path):
     state = tmp_path / "state"
-    d = Daemon(state, model_path, env={"BSWD_BATCHING_MAX_LANES": "2"}).start()
-    for i in range(6):
-        assert d.call("submit", (png_bytes(32, 32, seed=i),), op="compress", name=f"t{i}.png").code == "ok"
+    d = Daemon(state, model_path, env={"BSWD_BATCHING_MAX_LANES": "1"}).start()
+    for i in range(4):  # enough work that the drain is still going when "late.png" arrives
+        assert d.call("submit", (png_bytes(64, 64, seed=i),), op="compress", name=f"t{i}.png").code == "ok"
     d.signal(signal.SIGTERM)
-    time.sleep(0.2)
+    time.sleep(0.05)
     r = d.call("submit", (png_bytes(8, 8),), op="compress", name="late.png", timeout=5)
     assert r.code == "draining"
     status, body = d.http("/readyz")
