@@ -40,7 +40,7 @@ def test_store_recover_requeues_running_and_drops_orphans(tmp_path):
 
 def test_verification_failure_writes_nothing_and_counts(tmp_path, monkeypatch):
     from bswd import batcher as batcher_mod
-    from bswd.batcher import BatchSettings, Batcher
+    from bswd.batcher import Batcher, BatchSettings
     from bswd.shell import build_engine, load_model_file
 
     model = write_tiny_model(tmp_path / "m.bswm")
@@ -131,8 +131,8 @@ def test_curve_required_beyond_loopback(tmp_path):
 def test_curve_allows_only_listed_clients(tmp_path):
     import zmq
     import zmq.auth
-
     from bswctl.transport import CurveKeys, NoReply, Transport
+
     from bswd import protocol
     from bswd.config import Curve, DaemonConfig
     from bswd.server import FrontEnd
@@ -141,7 +141,7 @@ def test_curve_allows_only_listed_clients(tmp_path):
     for d in (keys, allowed, other):
         d.mkdir()
     server_pub, server_sec = zmq.auth.create_certificates(keys, "server")
-    client_pub, client_sec = zmq.auth.create_certificates(allowed, "client")
+    _, client_sec = zmq.auth.create_certificates(allowed, "client")
     _, stranger_sec = zmq.auth.create_certificates(other, "stranger")
 
     class Echo:
