@@ -142,11 +142,12 @@ def evaluate(
     model: Optional[Path] = MODEL_OPT,
     device: str = DEVICE_OPT,
     scheme: str = typer.Option("bitswap", help="bitswap or bbans."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write each image's .bsw here (the sizes reported are theirs)."),
 ) -> None:
     """-ELBO and actually-coded bits/dim per image, next to PNG, WebP and JPEG XL lossless."""
     from bswd.train_cmd import run_eval
 
-    raise typer.Exit(int(run_eval(paths, model, device, scheme)))
+    raise typer.Exit(int(run_eval(paths, model, device, scheme, out)))
 
 
 data_app = typer.Typer(help="Training data.", no_args_is_help=True)

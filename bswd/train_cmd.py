@@ -114,7 +114,7 @@ def image_paths(paths: list[Path]) -> list[Path]:
     return out
 
 
-def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str) -> Exit:
+def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, out: Path | None = None) -> Exit:
     from PIL import Image
 
     from bswd.classical import compare
@@ -127,7 +127,8 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str) ->
         fail("no images found in " + ", ".join(map(str, paths)))
         return Exit.FAILED
     engine = build_engine(load_model_file(model), device)
-    header = f"{'image':32} {'size':>9} {'-ELBO':>7} {'bswd':>7} {'png':>7} {'webp':>7} {'jxl':>7}  (bits/dim)"
+    header = (f"{'image':32} {'size':>9} {'-ELBO':>7} {'bswd':>7} {'png':>7} {'webp':>7} {'jxl':>7}  (bits/dim; "
+              "-ELBO of the integer model, 0 where the image was stored raw)")
     print(header)
     totals = np.zeros(6)
     status = Exit.OK
@@ -148,6 +149,9 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str) ->
             fail(f"{path}: round trip failed")
             return Exit.FAILED
         dims = rgb.size
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / (path.name + ".bsw"), res.data, overwrite=True)
         sizes = {r.name: r.size_bytes for r in compare(rgb, ["png", "webp", "jxl"])}
         row = np.array([dims, res.info_bits, 8 * len(res.data), 8 * sizes["png"], 8 * sizes["webp"], 8 * sizes["jxl"]])
         totals += row

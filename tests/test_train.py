@@ -1,0 +1,95 @@
+"""Training: the loss falls on real crops, a resumed run is the same run, export codes exactly,
+and `bswd eval` reports the sizes of the files it writes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from bswd.cli import app
+from bswd.data import PatchSampler
+from bswd.engine import Engine, EngineConfig
+from bswd.model.config import ModelConfig
+from bswd.model.quant import load_coding_model
+from bswd.train import PatchSource, Trainer, TrainConfig, evaluate
+from tests.conftest import noise
+
+DATA = Path(__file__).parent / "data"
+SMALL = ModelConfig(n_layers=2, width=16, upsample_width=8, latent_channels=4)
+
+
+class CropPatches(PatchSource):
+    """Patches of the committed real photo crops (tests/data)."""
+
+    def __init__(self) -> None:
+        self.sampler = PatchSampler(sorted(DATA.glob("*.png")), seed=0, n_scales=1, workers=1)
+
+    def sample(self, n, rng):
+        return self.sampler.sample(n, rng)
+
+    def validation(self, n):
+        return self.sampler.sample(n, np.random.default_rng(99))
+
+
+def config(steps: int, qat_start: float = 0.5) -> TrainConfig:
+    return TrainConfig(steps=steps, batch=16, val_every=1000, val_patches=64, qat_start=qat_start,
+                       checkpoint_minutes=1000, model=SMALL)
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    data = CropPatches()
+    trainer = Trainer(config(60, qat_start=1.0), tmp_path, data)
+    before = evaluate(trainer.model, trainer.val_patches)
+    trainer.run()
+    after = evaluate(trainer.model, trainer.val_patches)
+    assert after < before - 0.2, (before, after)  # 60 steps, most of them in the LR warm-up
+    assert (tmp_path / "log.csv").read_text().startswith("step,seconds,train_bpd,val_bpd")
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    data = CropPatches()
+    straight = Trainer(config(8), tmp_path / "a", data)
+    straight.run()
+    first = Trainer(config(8), tmp_path / "b", data)
+    first.run(stop_at=4)  # crosses into QAT at step 4 after resuming
+    resumed = Trainer.resume(tmp_path / "b", data)
+    assert resumed.step == 4
+    assert resumed.opt.state_dict()["state"][0]["step"] == first.opt.state_dict()["state"][0]["step"]
+    resumed.run()
+    assert resumed.step == 8
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_export_codes_exactly(tmp_path):
+    from bswd.train_cmd import run_export
+
+    trainer = Trainer(config(4, qat_start=0.0), tmp_path / "run", CropPatches())
+    trainer.run()
+    assert run_export(tmp_path / "run", tmp_path / "m.bswm", "t") == 0
+    from bswd.model.modelfile import read_model_file
+
+    model = load_coding_model(read_model_file(tmp_path / "m.bswm"))
+    engine = Engine(model, EngineConfig(min_patches_per_lane=1))
+    img = noise(40, 40, seed=8)
+    assert np.array_equal(engine.decode(engine.encode([img]))[0], img)
+
+
+def test_eval_reports_the_sizes_of_the_files_it_writes(tmp_path):
+    from tests.conftest import make_model_file
+
+    model = tmp_path / "m.bswm"
+    model.write_bytes(make_model_file().to_bytes())
+    res = CliRunner().invoke(app, ["eval", str(DATA / "home_64x64.png"), "--model", str(model),
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if line.startswith("home_64x64"))
+    bswd_bpd = float(row.split()[3])
+    size = (tmp_path / "out" / "home_64x64.png.bsw").stat().st_size
+    assert re.match(r"home_64x64\.png\s+64x64", row)
+    assert abs(bswd_bpd - 8 * size / (64 * 64 * 3)) < 5e-4
