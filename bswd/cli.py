@@ -8,7 +8,7 @@ an existing file unless --force; inputs are never modified.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -148,6 +148,49 @@ def evaluate(
     from bswd.train_cmd import run_eval
 
     raise typer.Exit(int(run_eval(paths, model, device, scheme, out)))
+
+
+@app.command()
+def bench(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Images or folders of images (searched recursively); each is read as 8-bit RGB via "
+             "Image.open(...).convert(\"RGB\").")],
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="Model file (.bswm); default: the bundled default model.")] = None,
+    device: Annotated[str, typer.Option(
+        help="cpu, cuda, cuda:N, or auto (a GPU when there is one).")] = "auto",
+    schemes: Annotated[str, typer.Option(
+        help="Comma-separated bswd schemes to measure: bitswap, bbans.")] = "bitswap,bbans",
+    codecs: Annotated[str, typer.Option(
+        show_default=False, help="Comma-separated classical codecs, or none; default all: gzip, "
+        "bzip2, xz (LZMA), png, webp, webp-z9 (cwebp -z 9), jxl (effort 7), jxl-e9 (effort 9).")
+    ] = "gzip,bzip2,xz,png,webp,webp-z9,jxl,jxl-e9",
+    repeat: Annotated[int, typer.Option(
+        min=1, help="Time every compress and decompress N times and keep the minimum.")] = 1,
+    crop: Annotated[int | None, typer.Option(
+        min=1, help="Centre-crop every image to at most N x N pixels (quick runs).")] = None,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", help="Write every measurement as JSON to this file.")] = None,
+    chart: Annotated[Path | None, typer.Option(
+        help="Draw bits/dim against compress MB/s (log scale), one point a codec, to this PNG.")
+    ] = None,
+    stored: Annotated[bool, typer.Option(
+        "--stored/--no-stored", help="Let bswd store a plane raw when the model's code is larger, "
+        "as compress does; --no-stored always codes with the model (and measures its -ELBO).")
+    ] = True,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="torch intra-op threads (default: torch's own choice).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", "-f", help="Overwrite existing --json and --chart files.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress lines on stderr.")] = False,
+) -> None:
+    """Ratio (% of raw, bits/dim) and MB/s of raw RGB for bswd (Bit-Swap, BB-ANS) and the
+    classical lossless codecs: same pixels, same run, all verified lossless."""
+    from bswd.bench import run_bench_command
+
+    raise typer.Exit(int(run_bench_command(paths, model, device, schemes, codecs, repeat, crop,
+                                           json_path, chart, stored, threads, force, quiet)))
 
 
 data_app = typer.Typer(help="Training data.", no_args_is_help=True)
