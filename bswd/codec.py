@@ -23,7 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from bswd.ans import Lanes
+from bswd import ans_kernels
+from bswd.ans import AnsError, Lanes
 from bswd.model.quant import CodingModel
 
 PATCH = 32
@@ -111,11 +112,12 @@ def reservoir_words(model: CodingModel, scheme: str, head_width: int) -> int:
 class PatchCoder:
     """Codes one patch per lane row per call, for many rows at once."""
 
-    def __init__(self, model: CodingModel, scheme: str = "bitswap"):
+    def __init__(self, model: CodingModel, scheme: str = "bitswap", compiled: bool = True):
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEMES}")
         self.model = model
         self.scheme = scheme
+        self.compiled = compiled and ans_kernels.AVAILABLE
 
     # ---- tensor-level push/pop through a lane's heads -------------------------------------------
     @staticmethod
@@ -138,6 +140,11 @@ class PatchCoder:
         starts, freqs = starts.reshape(n, -1), freqs.reshape(n, -1)
         m = np.ones(starts.shape, dtype=bool) if mask is None else mask.reshape(n, -1)
         info += ((lanes.precision - np.log2(freqs)) * m).sum(axis=1)
+        if self.compiled:
+            lanes._reserve(lanes.ptr[rows] + starts.shape[1])
+            ans_kernels.push_tensor(lanes.heads, lanes.words, lanes.ptr, rows, np.ascontiguousarray(starts),
+                                    np.ascontiguousarray(freqs), np.ascontiguousarray(m), k, lanes.precision)
+            return
         starts, freqs, m = self._pad(starts, k), self._pad(freqs, k, 1), self._pad(m, k)
         for j in range(starts.shape[1] // k):
             sl = slice(j * k, (j + 1) * k)
@@ -160,6 +167,29 @@ class PatchCoder:
             info -= ((lanes.precision - np.log2(freq)) * m[:, sl]).sum(axis=1)
         return symbols[:, :d].reshape((n, *shape))
 
+    @staticmethod
+    def _check(status: int) -> None:
+        if status == ans_kernels.UNDERFLOW:
+            raise AnsError("popped past the bottom of a lane's stack (initial bits exhausted)")
+
+    def _pop_family(self, lanes: Lanes, rows: np.ndarray, family, mean: np.ndarray, sidx: np.ndarray,
+                    mask: np.ndarray | None, info: np.ndarray) -> np.ndarray:
+        """Pop a tensor of symbols under one discretized logistic per element."""
+        if not self.compiled:
+            dec = self._logistic_decoder(family, mean, sidx, lanes.head_width)
+            return self._pop(lanes, rows, mean.shape[1:], dec, mask, info)
+        n = len(rows)
+        mean2 = np.ascontiguousarray(mean.reshape(n, -1))
+        inv2 = np.ascontiguousarray(family.inv_scales[sidx.reshape(n, -1)])
+        m = np.ones(mean2.shape, dtype=bool) if mask is None else np.ascontiguousarray(mask.reshape(n, -1))
+        symbols = np.zeros(mean2.shape, dtype=np.int64)
+        freqs = np.ones(mean2.shape, dtype=np.int64)
+        self._check(ans_kernels.pop_logistic(lanes.heads, lanes.words, lanes.ptr, lanes.low_water, rows, mean2,
+                                             inv2, m, lanes.head_width, lanes.precision, family.edges,
+                                             family.sigmoid, symbols, freqs))
+        info -= ((lanes.precision - np.log2(freqs)) * m).sum(axis=1)
+        return symbols.reshape(mean.shape)
+
     def _logistic_decoder(self, family, mean: np.ndarray, sidx: np.ndarray, k: int) -> Decoder:
         n = mean.shape[0]
         mean = self._pad(mean.reshape(n, -1), k)
@@ -173,8 +203,7 @@ class PatchCoder:
 
     def pop_latent_q(self, lanes, rows, level, cond, info) -> np.ndarray:
         mean, sidx = self.model.nets.posterior(level, cond)
-        dec = self._logistic_decoder(self.model.latents, mean, sidx, lanes.head_width)
-        return self._pop(lanes, rows, mean.shape[1:], dec, None, info)
+        return self._pop_family(lanes, rows, self.model.latents, mean, sidx, None, info)
 
     def push_below(self, lanes, rows, level, z, below, mask, info) -> None:
         """Push z_{level-1} (pixels at level 1) under p(z_{level-1} | z_level)."""
@@ -186,15 +215,22 @@ class PatchCoder:
     def pop_below(self, lanes, rows, level, z, mask, info) -> np.ndarray:
         mean, sidx = self.model.nets.generative(level, z)
         family = self.model.pixels if level == 1 else self.model.latents
-        dec = self._logistic_decoder(family, mean, sidx, lanes.head_width)
-        return self._pop(lanes, rows, mean.shape[1:], dec, mask if level == 1 else None, info)
+        return self._pop_family(lanes, rows, family, mean, sidx, mask if level == 1 else None, info)
 
     def push_top(self, lanes, rows, z, info) -> None:
         self._push(lanes, rows, *self.model.top.encode_params(z), None, info)
 
     def pop_top(self, lanes, rows, info) -> np.ndarray:
         top = self.model.top
-        return self._pop(lanes, rows, self.model.cfg.latent_shape, lambda cf, sl: top.decode(cf), None, info)
+        shape = self.model.cfg.latent_shape
+        if not self.compiled:
+            return self._pop(lanes, rows, shape, lambda cf, sl: top.decode(cf), None, info)
+        d = math.prod(shape)
+        symbols = np.zeros((len(rows), d), dtype=np.int64)
+        self._check(ans_kernels.pop_uniform(lanes.heads, lanes.words, lanes.ptr, lanes.low_water, rows, d,
+                                            lanes.head_width, lanes.precision, top.bits, symbols))
+        info -= d * top.bits
+        return symbols.reshape((len(rows), *shape))
 
     # ---- one patch per row ---------------------------------------------------------------------
     def encode(self, lanes: Lanes, rows: np.ndarray, x: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,141 @@
+"""Compiled (numba) loops for pushing and popping whole symbol tensors through rANS lanes.
+
+They compute exactly what ``ans.Lanes.push/pop`` with ``tables.LogisticFamily`` compute, chunk by
+chunk and head by head, so the bytes are identical (tests/test_kernels.py checks it); they only
+remove numpy's per-call overhead, which dominates when few lanes are coded at once. Where numba
+is not installed, ``AVAILABLE`` is False and the codec uses the numpy reference path.
+
+Order, mirrored from ans.py: a tensor of D symbols goes through a lane's K heads in chunks of K,
+chunk 0 first; within a chunk the emitting heads append words in ascending head order. A pop takes
+the chunks last first and, within a chunk, heads in descending order, each refilling from the top.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bswd.ans import STATE_LOWER, WORD_BITS, WORD_MASK
+from bswd.tables import INV_SCALE_FRAC, LUT_RANGE, LUT_STEP_LOG2, MEAN_FRAC, SIGMA_FRAC
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - exercised only where numba is absent
+    numba = None
+
+AVAILABLE = numba is not None
+_U_SHIFT = MEAN_FRAC - LUT_STEP_LOG2
+_LUT_HALF = LUT_RANGE << LUT_STEP_LOG2
+_U_MAX = LUT_RANGE << MEAN_FRAC
+UNDERFLOW = -1
+
+
+def _jit(fn):
+    return numba.njit(cache=True, nogil=True)(fn) if AVAILABLE else fn
+
+
+@_jit
+def _start(k, mean, inv, edges, sigmoid, total):
+    """tables.LogisticFamily.starts for one symbol (same integer steps)."""
+    u = ((edges[k] - mean) * inv) >> INV_SCALE_FRAC
+    if u < -_U_MAX:
+        u = -_U_MAX
+    elif u > _U_MAX:
+        u = _U_MAX
+    j = (u >> _U_SHIFT) + _LUT_HALF
+    frac = u & ((1 << _U_SHIFT) - 1)
+    lo = sigmoid[j]
+    sig = lo + (((sigmoid[j + 1] - lo) * frac) >> _U_SHIFT)
+    return ((sig * total) >> SIGMA_FRAC) + k
+
+
+@_jit
+def push_tensor(heads, words, ptr, rows, starts, freqs, mask, k_heads, precision):
+    """Push starts/freqs [n, D] (mask [n, D]) onto lanes ``rows``; words must have room for D more."""
+    n, d = starts.shape
+    for r in range(n):
+        row = rows[r]
+        p = ptr[row]
+        for c in range((d + k_heads - 1) // k_heads):
+            for k in range(k_heads):
+                i = c * k_heads + k
+                if i >= d or not mask[r, i]:
+                    continue
+                x = heads[row, k]
+                f = freqs[r, i]
+                if x >= (f << (63 - precision)):
+                    words[row, p] = x & WORD_MASK
+                    p += 1
+                    x >>= WORD_BITS
+                heads[row, k] = ((x // f) << precision) + (x % f) + starts[r, i]
+        ptr[row] = p
+    return 0
+
+
+@_jit
+def _pop_one(heads, words, ptr, low_water, row, k, start, freq, precision):
+    x = heads[row, k]
+    x = freq * (x >> precision) + (x & ((1 << precision) - 1)) - start
+    if x < STATE_LOWER:
+        p = ptr[row]
+        if p == 0:
+            return UNDERFLOW
+        p -= 1
+        x = (x << WORD_BITS) | np.int64(words[row, p])
+        ptr[row] = p
+        if p < low_water[row]:
+            low_water[row] = p
+    heads[row, k] = x
+    return 0
+
+
+@_jit
+def pop_logistic(heads, words, ptr, low_water, rows, mean, inv, mask, k_heads, precision, edges, sigmoid,
+                 symbols, freqs):
+    """Pop symbols under discretized logistics (mean, inv_scale [n, D]) into symbols/freqs [n, D]."""
+    n, d = mean.shape
+    nsym = edges.shape[0] - 1
+    total = (1 << precision) - nsym
+    cf_mask = (1 << precision) - 1
+    for r in range(n):
+        row = rows[r]
+        for c in range((d + k_heads - 1) // k_heads - 1, -1, -1):
+            for k in range(k_heads - 1, -1, -1):
+                i = c * k_heads + k
+                if i >= d or not mask[r, i]:
+                    continue
+                cf = heads[row, k] & cf_mask
+                m, s = mean[r, i], inv[r, i]
+                lo, hi = 0, nsym
+                while hi - lo > 1:
+                    mid = (lo + hi) >> 1
+                    if _start(mid, m, s, edges, sigmoid, total) <= cf:
+                        lo = mid
+                    else:
+                        hi = mid
+                start = _start(lo, m, s, edges, sigmoid, total)
+                freq = _start(lo + 1, m, s, edges, sigmoid, total) - start
+                if _pop_one(heads, words, ptr, low_water, row, k, start, freq, precision) == UNDERFLOW:
+                    return UNDERFLOW
+                symbols[r, i] = lo
+                freqs[r, i] = freq
+    return 0
+
+
+@_jit
+def pop_uniform(heads, words, ptr, low_water, rows, d, k_heads, precision, bits, symbols):
+    """Pop d symbols per row from the uniform family over 2**bits symbols."""
+    shift = precision - bits
+    n = rows.shape[0]
+    for r in range(n):
+        row = rows[r]
+        for c in range((d + k_heads - 1) // k_heads - 1, -1, -1):
+            for k in range(k_heads - 1, -1, -1):
+                i = c * k_heads + k
+                if i >= d:
+                    continue
+                sym = (heads[row, k] & ((1 << precision) - 1)) >> shift
+                if _pop_one(heads, words, ptr, low_water, row, k, sym << shift, np.int64(1) << shift,
+                            precision) == UNDERFLOW:
+                    return UNDERFLOW
+                symbols[r, i] = sym
+    return 0
