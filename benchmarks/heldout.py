@@ -67,7 +67,8 @@ def main() -> None:
         sizes = {r.name: r.size_bytes for r in compare(img, ["png", "webp", "jxl"])}
         row = np.array([img.size, c.info_bits, c.stored_bits, 8 * sizes["png"], 8 * sizes["webp"], 8 * sizes["jxl"]])
         tot += row
-        print(f"{name[:44]:44} {img.shape[1]:>4}x{img.shape[0]:<4} " + " ".join(f"{v / img.size:7.3f}" for v in row[1:]),
+        cells = " ".join(f"{v / img.size:7.3f}" for v in row[1:])
+        print(f"{name[:44]:44} {img.shape[1]:>4}x{img.shape[0]:<4} " + cells,
               flush=True)
     print(f"{'overall':44} {'':9} " + " ".join(f"{v / tot[0]:7.3f}" for v in tot[1:]))
     mb = tot[0] / 1e6

@@ -80,8 +80,8 @@ def demo(
         if code == Exit.OK:
             code = run_decompress([out / "sample.png.bsw"], out / "back", model, False, device, False)
         if code == Exit.OK:
-            from PIL import Image
             import numpy as np
+            from PIL import Image
 
             with Image.open(sample) as a, Image.open(out / "back" / "sample.png") as b:
                 same = np.array_equal(np.asarray(a), np.asarray(b)) and a.mode == b.mode
@@ -116,7 +116,7 @@ def train(
     batch: int = typer.Option(64, help="Patches per step."),
     width: int = typer.Option(48, help="Channels of the ResNets."),
     layers: int = typer.Option(3, help="Latent layers."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu or cuda (a resumed run may move to another device)."),
 ) -> None:
     """Train a model (resumable: checkpoints every few minutes)."""
     from bswd.train_cmd import run_train

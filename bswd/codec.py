@@ -275,7 +275,8 @@ class PatchCoder:
             return z
         zs = {L: z}
         for level in range(L, 0, -1):
-            zs[level - 1] = pixels(zs[level]) if level == 1 else self.pop_below(lanes, rows, level, zs[level], None, info)
+            z = zs[level]
+            zs[level - 1] = pixels(z) if level == 1 else self.pop_below(lanes, rows, level, z, None, info)
         for level in range(L, 0, -1):
             self.push_latent_q(lanes, rows, level, zs[level - 1], zs[level], info)
         return zs[0]

@@ -13,9 +13,10 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ class TrainConfig:
     checkpoint_minutes: float = 3.0
     seed: int = 0
     threads: int = 0  # 0: torch default
+    device: str = "cpu"  # "cuda" trains on a GPU; checkpoints are always saved as CPU tensors
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,13 +81,17 @@ def evaluate(model: BitSwapVAE, patches: np.ndarray, batch: int = 128) -> float:
     """Mean -ELBO in bits/dim of the model (as it is, quant or not) on fixed patches."""
     model.eval()
     total = 0.0
+    device = next(model.parameters()).device
     gen = torch.random.get_rng_state()
+    cuda_gen = torch.cuda.get_rng_state() if device.type == "cuda" else None
     torch.manual_seed(12345)  # the same posterior samples every evaluation
     for i in range(0, len(patches), batch):
-        x = torch.from_numpy(patches[i : i + batch]).float()
+        x = torch.from_numpy(patches[i : i + batch]).to(device).float()
         _, neg_elbo, _ = model(x)
         total += float(neg_elbo) * len(x)
     torch.random.set_rng_state(gen)
+    if cuda_gen is not None:
+        torch.cuda.set_rng_state(cuda_gen)
     model.train()
     return nats_to_bpd(total / len(patches))
 
@@ -99,8 +105,9 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.model = BitSwapVAE(cfg.model)
-        self.ema = BitSwapVAE(cfg.model)
+        self.device = torch.device(cfg.device)
+        self.model = BitSwapVAE(cfg.model).to(self.device)
+        self.ema = BitSwapVAE(cfg.model).to(self.device)
         self.ema.load_state_dict(self.model.state_dict())
         self.ema.requires_grad_(False)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
@@ -112,12 +119,13 @@ class Trainer:
     def save(self) -> None:
         state = {
             "train_config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
+            "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "ema": {k: v.cpu() for k, v in self.ema.state_dict().items()},
             "opt": self.opt.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
             "torch_rng": torch.random.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {}),
             "np_rng": self.rng.bit_generator.state,
         }
         tmp = self.run_dir / (CHECKPOINT + ".tmp")
@@ -127,15 +135,21 @@ class Trainer:
         os.replace(tmp, self.run_dir / CHECKPOINT)
 
     @classmethod
-    def resume(cls, run_dir: Path, data: PatchSource) -> Trainer:
+    def resume(cls, run_dir: Path, data: PatchSource, device: str | None = None) -> Trainer:
+        """Continue a run; ``device`` may move it (e.g. a CPU run continued on a GPU)."""
         state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-        trainer = cls(TrainConfig.from_dict(state["train_config"]), run_dir, data)
+        cfg = TrainConfig.from_dict(state["train_config"])
+        if device is not None:
+            cfg = replace(cfg, device=device)
+        trainer = cls(cfg, run_dir, data)
         trainer.model.load_state_dict(state["model"])
         trainer.ema.load_state_dict(state["ema"])
         trainer.opt.load_state_dict(state["opt"])
         trainer.step = state["step"]
         trainer.elapsed = state["elapsed"]
         torch.random.set_rng_state(state["torch_rng"])
+        if trainer.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
         trainer.rng.bit_generator.state = state["np_rng"]
         return trainer
 
@@ -149,7 +163,7 @@ class Trainer:
         self.model.set_quant(quant)
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(cfg, self.step)
-        x = torch.from_numpy(self.data.sample(cfg.batch, self.rng)).float()
+        x = torch.from_numpy(self.data.sample(cfg.batch, self.rng)).to(self.device).float()
         free_nats = cfg.free_bits_per_dim * 256 * math.log(2.0)
         loss, neg_elbo, _ = self.model(x, free_nats)
         self.opt.zero_grad(set_to_none=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +18,10 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
     import torch
 
     from bswd.model.config import ModelConfig
-    from bswd.train import CHECKPOINT, PhotoPatches, Trainer, TrainConfig
+    from bswd.train import CHECKPOINT, PhotoPatches, TrainConfig, Trainer
 
-    if device != "cpu":
-        fail("training on a GPU is not wired up yet; use --device cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA device is available")
         return Exit.USAGE
     if resume is None and (data is None or out is None):
         fail("give --data and --out for a new run, or --resume RUN")
@@ -35,22 +33,25 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
             if not (resume / CHECKPOINT).exists():
                 fail(f"{resume}: no {CHECKPOINT} to resume from")
                 return Exit.FAILED
-            cfg_data = json.loads((resume / "train_config.json").read_text())
-            data_dir = Path(cfg_data.get("data_dir", data or ""))
-            trainer = Trainer.resume(resume, PhotoPatches(data or data_dir))
+            note = resume / "data_dir.txt"
+            if data is None and not note.exists():
+                fail(f"{resume}: the run does not record its data folder; pass --data")
+                return Exit.USAGE
+            data = data or Path(note.read_text().strip())
+            trainer = Trainer.resume(resume, PhotoPatches(data), device)
         else:
             assert data is not None and out is not None
             if (out / CHECKPOINT).exists():
                 fail(f"{out}: already holds a run; use --resume {out}")
                 return Exit.FAILED
-            cfg = TrainConfig(steps=steps, batch=batch, model=ModelConfig(width=width, n_layers=layers))
+            cfg = TrainConfig(steps=steps, batch=batch, device=device,
+                              model=ModelConfig(width=width, n_layers=layers))
             out.mkdir(parents=True, exist_ok=True)
             trainer = Trainer(cfg, out, PhotoPatches(data))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
         return Exit.FAILED
-    (run_dir / "data_dir.txt").write_text(str((data or Path(".")).resolve()) + "\n")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    (run_dir / "data_dir.txt").write_text(str(data.resolve()) + "\n")
     from tqdm import tqdm
 
     bar = tqdm(total=trainer.cfg.steps, initial=trainer.step, unit="step", file=sys.stderr)
@@ -117,9 +118,9 @@ def image_paths(paths: list[Path]) -> list[Path]:
 def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, out: Path | None = None) -> Exit:
     from PIL import Image
 
+    from bswd import container
     from bswd.classical import compare
     from bswd.files import compress_images, decompress_many
-    from bswd import container
     from bswd.images import split_image
 
     files = image_paths(paths)

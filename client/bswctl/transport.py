@@ -76,7 +76,7 @@ class Transport:
         deadline = time.monotonic() + self.timeout_s
         per_try = self.timeout_s / (self.retries + 1)
         frames = protocol.encode(request)
-        for attempt in range(self.retries + 1):
+        for _attempt in range(self.retries + 1):
             left = deadline - time.monotonic()
             if left <= 0:
                 break

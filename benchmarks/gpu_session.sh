@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One prepared run for a lent GPU machine (device tool): CUDA tests, GPU throughput, and a short
+# training run continued from the committed checkpoint. Everything it produces goes under $OUT.
+#   run: bash benchmarks/gpu_session.sh   (with OUT set by the device tool; TRAIN_MINUTES default 8)
+set -uo pipefail
+OUT=${OUT:-/tmp/bswd-gpu}; mkdir -p "$OUT"
+python3 -m venv /tmp/venv && . /tmp/venv/bin/activate
+pip install -q torch numpy pillow imagecodecs typer tqdm numba pyzmq watchdog prometheus-client pytest hypothesis pyyaml
+pip install -q --no-deps -e .
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py > "$OUT/cuda-tests.txt" 2>&1
+python benchmarks/engine_bench.py --device cuda --side 512 --images 64 > "$OUT/gpu-bench.txt" 2>&1
+if [ -d data/photos ] || bswd data fetch data/photos > "$OUT/fetch.txt" 2>&1; then
+  cp -r training/m1 /tmp/run && timeout $(( ${TRAIN_MINUTES:-8} * 60 )) \
+    bswd train --resume /tmp/run --data data/photos --device cuda > "$OUT/train.txt" 2>&1
+  cp /tmp/run/checkpoint.pt /tmp/run/log.csv /tmp/run/curve.png "$OUT/" 2>/dev/null
+fi
+ls -la "$OUT"
