@@ -559,11 +559,7 @@ def run_bench_command(paths: list[Path], model: Path | None, device: str, scheme
         fail(str(exc))
         return Exit.FAILED
     try:
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-        engine = build_engine(load_model_file(model), device)
+        engine = build_engine(load_model_file(model), device, threads=threads)
     except (ValueError, OSError) as exc:
         fail(str(exc))
         return Exit.FAILED

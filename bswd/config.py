@@ -120,7 +120,7 @@ class DaemonConfig:
     drain_grace_s: float = 30.0
     submit_roots: tuple[Path, ...] = ()  # path submissions only inside these (none: refused)
     log_level: str = "info"
-    torch_threads: int = 0  # 0 = torch's default
+    torch_threads: int = 0  # 0 = bswd.shell.default_threads() (half the cores)
     batching: Batching = field(default_factory=Batching)
     limits: Limits = field(default_factory=Limits)
     curve: Curve = field(default_factory=Curve)

@@ -204,7 +204,6 @@ class Daemon:
         import io
 
         import numpy as np
-        import torch
         from PIL import Image
 
         from bswd.container import decode
@@ -212,8 +211,6 @@ class Daemon:
         from bswd.images import split_image
         from bswd.shell import build_engine, load_model_file
 
-        if self.config.torch_threads > 0:
-            torch.set_num_threads(self.config.torch_threads)
         mf = load_model_file(Path(self.config.model) if self.config.model else None)
         self.model_desc = {"model_id": mf.model_id, "sha256": mf.sha256.hex()}
         self.metrics.set_model(mf.model_id, mf.sha256.hex())
@@ -225,7 +222,8 @@ class Daemon:
         engines = []
         for device in self.devices:
             t0 = time.perf_counter()
-            engine = build_engine(mf, device, max_rows=self.config.batching.max_lanes)
+            engine = build_engine(mf, device, threads=self.config.torch_threads or None,
+                                  max_rows=self.config.batching.max_lanes)
             [c] = compress_images(engine, [warm])  # one compress and one decompress: warm and checked
             decompress_many(engine, [decode(c.data)])
             engines.append((device, engine))

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from bswd.ans import Lanes
-from bswd.codec import PatchCoder, Geometry, extract_patch, lane_ranges, patch_mask, reservoir_words
+from bswd.codec import Geometry, PatchCoder, extract_patch, lane_ranges, patch_mask, reservoir_words
 from bswd.model.quant import CodingModel
 
 DEFAULT_SEED = 0x6273_7764_5345_4544  # "bswdSEED"

@@ -15,7 +15,7 @@ from bswd.data import PatchSampler
 from bswd.engine import Engine, EngineConfig
 from bswd.model.config import ModelConfig
 from bswd.model.quant import load_coding_model
-from bswd.train import PatchSource, Trainer, TrainConfig, evaluate
+from bswd.train import PatchSource, TrainConfig, Trainer, evaluate
 from tests.conftest import noise
 
 DATA = Path(__file__).parent / "data"
