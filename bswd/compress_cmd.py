@@ -170,7 +170,7 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
 
 
 def describe_bsw(f: container.BswFile, size: int) -> str:
-    from bswd.files import PLANE, plane_files, stored_channels
+    from bswd.files import ABOUT, PLANE, about_lines, plane_files, stored_channels
 
     planes = plane_files(f)
     sizes = container.payload_sizes(f)
@@ -184,9 +184,10 @@ def describe_bsw(f: container.BswFile, size: int) -> str:
         f"{len(planes)} plane(s)" + (f", {stored} stored raw (the model would have been larger)" if stored else ""),
         f"lanes            {len(f.lanes)} ({', '.join(str(ln.n_patches) for ln in f.lanes) or '-'} patches)",
         f"payload          header {sizes['header']} B, lanes {sum(sizes['lanes']):,} B, "
-        + ", ".join(f"{k} {n:,} B" for k, n in sizes["sections"] if k != PLANE),
+        + ", ".join(f"{k} {n:,} B" for k, n in sizes["sections"] if k not in (PLANE, ABOUT)),
         f"file size        {size:,} bytes",
     ]
     if subpixels:
         lines.append(f"bits/dim         {8 * size / subpixels:.4f} (whole file over model-coded samples)")
+    lines += [f"part             {line}" for line in about_lines(f)]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from bswd.container import BswFile, LanePayload, Section
 from bswd.engine import CodedPlane, Engine, LaneData
 from bswd.images import SplitImage, join_image, pixel_checksum
 
-SIDE, PLANE, STORED = "side", "plane", "stored"
+SIDE, PLANE, STORED, ABOUT = "side", "plane", "stored", "about"
 
 
 class IntegrityError(ValueError):
@@ -71,7 +71,8 @@ def compress_images(engine: Engine, images: list[SplitImage], scheme: str = "bit
         checksum = pixel_checksum(planes)
         nested = tuple(Section(PLANE, container.encode(_plane_file(engine, c, p, checksum, (), allow_stored)))
                        for c, p in zip(mine[1:], planes[1:]))
-        sections = (Section(SIDE, im.side), *nested)
+        about = "\n".join(im.description).encode("utf-8", "replace")
+        sections = (Section(SIDE, im.side), Section(ABOUT, about), *nested)
         if planes:
             f = _plane_file(engine, mine[0], planes[0], checksum, sections, allow_stored)
         else:
@@ -103,6 +104,14 @@ def _stored_plane(f: BswFile) -> np.ndarray | None:
 def stored_channels(f: BswFile) -> int:
     """Channels of a plane stored raw in this file, 0 if it has none."""
     return next((s.data[0] for s in f.sections if s.kind == STORED and s.data), 0)
+
+
+def about_lines(f: BswFile) -> list[str]:
+    """What coded each part of the image (written at compression for `bswd inspect`)."""
+    for s in f.sections:
+        if s.kind == ABOUT:
+            return s.data.decode("utf-8", "replace").splitlines()
+    return []
 
 
 def plane_files(f: BswFile) -> list[BswFile]:

@@ -139,6 +139,7 @@ def test_inspect_shows_the_header(good_bsw):
     res = bswd("inspect", good_bsw)
     assert res.exit_code == 0, res.output
     assert "tiny-test" in res.output and "64x64" in res.output and "bits/dim" in res.output
+    assert "via model" in res.output or "stored raw" in res.output
 
 
 def test_help_explains_every_option():
