@@ -49,6 +49,43 @@ def _start(k, mean, inv, edges, sigmoid, total):
 
 
 @_jit
+def _find(cf, m, s, edges, sigmoid, total, nsym):
+    """The symbol k with start(k) <= cf < start(k + 1), exactly.
+
+    A float inverse of the logistic guesses k (only speed depends on it); exact integer starts
+    confirm it or walk a few symbols; far misses (flat tails) fall back to binary search.
+    """
+    frac = (cf + 0.5) / total
+    if frac > 1.0 - 1e-12:
+        frac = 1.0 - 1e-12
+    u = np.log(frac / (1.0 - frac))
+    target = m + u * ((1 << (INV_SCALE_FRAC + MEAN_FRAC)) / s)
+    lo, hi = 1, nsym  # first edge index whose value exceeds target, among edges[1:nsym]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if edges[mid] <= target:
+            lo = mid + 1
+        else:
+            hi = mid
+    k = lo - 1
+    for _ in range(4):
+        if _start(k, m, s, edges, sigmoid, total) > cf:
+            k -= 1
+        elif _start(k + 1, m, s, edges, sigmoid, total) <= cf:
+            k += 1
+        else:
+            return k
+    lo, hi = 0, nsym
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if _start(mid, m, s, edges, sigmoid, total) <= cf:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@_jit
 def push_tensor(heads, words, ptr, rows, starts, freqs, mask, k_heads, precision):
     """Push starts/freqs [n, D] (mask [n, D]) onto lanes ``rows``; words must have room for D more."""
     n, d = starts.shape
@@ -105,13 +142,7 @@ def pop_logistic(heads, words, ptr, low_water, rows, mean, inv, mask, k_heads, p
                     continue
                 cf = heads[row, k] & cf_mask
                 m, s = mean[r, i], inv[r, i]
-                lo, hi = 0, nsym
-                while hi - lo > 1:
-                    mid = (lo + hi) >> 1
-                    if _start(mid, m, s, edges, sigmoid, total) <= cf:
-                        lo = mid
-                    else:
-                        hi = mid
+                lo = _find(cf, m, s, edges, sigmoid, total, nsym)
                 start = _start(lo, m, s, edges, sigmoid, total)
                 freq = _start(lo + 1, m, s, edges, sigmoid, total) - start
                 if _pop_one(heads, words, ptr, low_water, row, k, start, freq, precision) == UNDERFLOW:
