@@ -72,7 +72,7 @@ def compiled(args, rng) -> None:
     inv = fam.inv_scales[sidx]
     mask = np.ones((b, d), dtype=bool)
     rows = np.arange(b)
-    for warm in (True, False):
+    for _warm in (True, False):  # the first pass compiles
         lanes = Lanes(b, k, p, capacity=d + 64)
         for r in rows:
             lanes.start(int(r), 1, int(r), 16)
