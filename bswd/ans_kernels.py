@@ -50,7 +50,7 @@ def _start(k, mean, inv, edges, sigmoid, total):
 
 @_jit
 def _find(cf, m, s, edges, sigmoid, total, nsym):
-    """The symbol k with start(k) <= cf < start(k + 1), exactly.
+    """(k, start(k), freq(k)) for the symbol k with start(k) <= cf < start(k + 1), exactly.
 
     A float inverse of the logistic guesses k (only speed depends on it); exact integer starts
     confirm it or walk a few symbols; far misses (flat tails) fall back to binary search.
@@ -69,12 +69,15 @@ def _find(cf, m, s, edges, sigmoid, total, nsym):
             hi = mid
     k = lo - 1
     for _ in range(4):
-        if _start(k, m, s, edges, sigmoid, total) > cf:
+        s0 = _start(k, m, s, edges, sigmoid, total)
+        if s0 > cf:
             k -= 1
-        elif _start(k + 1, m, s, edges, sigmoid, total) <= cf:
+            continue
+        s1 = _start(k + 1, m, s, edges, sigmoid, total)
+        if s1 <= cf:
             k += 1
-        else:
-            return k
+            continue
+        return k, s0, s1 - s0
     lo, hi = 0, nsym
     while hi - lo > 1:
         mid = (lo + hi) >> 1
@@ -82,7 +85,8 @@ def _find(cf, m, s, edges, sigmoid, total, nsym):
             lo = mid
         else:
             hi = mid
-    return lo
+    s0 = _start(lo, m, s, edges, sigmoid, total)
+    return lo, s0, _start(lo + 1, m, s, edges, sigmoid, total) - s0
 
 
 @_jit
@@ -109,46 +113,43 @@ def push_tensor(heads, words, ptr, rows, starts, freqs, mask, k_heads, precision
 
 
 @_jit
-def _pop_one(heads, words, ptr, low_water, row, k, start, freq, precision):
-    x = heads[row, k]
-    x = freq * (x >> precision) + (x & ((1 << precision) - 1)) - start
-    if x < STATE_LOWER:
-        p = ptr[row]
-        if p == 0:
-            return UNDERFLOW
-        p -= 1
-        x = (x << WORD_BITS) | np.int64(words[row, p])
-        ptr[row] = p
-        if p < low_water[row]:
-            low_water[row] = p
-    heads[row, k] = x
-    return 0
-
-
-@_jit
 def pop_logistic(heads, words, ptr, low_water, rows, mean, inv, mask, k_heads, precision, edges, sigmoid,
                  symbols, freqs):
-    """Pop symbols under discretized logistics (mean, inv_scale [n, D]) into symbols/freqs [n, D]."""
+    """Pop symbols under discretized logistics (mean, inv_scale [n, D]) into symbols/freqs [n, D].
+
+    The stack pointer and low-water mark live in locals while a row is coded (writing them
+    through the arrays at every symbol made this loop 6x slower)."""
     n, d = mean.shape
     nsym = edges.shape[0] - 1
     total = (1 << precision) - nsym
-    cf_mask = (1 << precision) - 1
+    cf_mask = (np.int64(1) << precision) - 1
     for r in range(n):
         row = rows[r]
+        p = ptr[row]
+        lw = low_water[row]
         for c in range((d + k_heads - 1) // k_heads - 1, -1, -1):
             for k in range(k_heads - 1, -1, -1):
                 i = c * k_heads + k
                 if i >= d or not mask[r, i]:
                     continue
-                cf = heads[row, k] & cf_mask
+                x = heads[row, k]
+                cf = x & cf_mask
                 m, s = mean[r, i], inv[r, i]
-                lo = _find(cf, m, s, edges, sigmoid, total, nsym)
-                start = _start(lo, m, s, edges, sigmoid, total)
-                freq = _start(lo + 1, m, s, edges, sigmoid, total) - start
-                if _pop_one(heads, words, ptr, low_water, row, k, start, freq, precision) == UNDERFLOW:
-                    return UNDERFLOW
-                symbols[r, i] = lo
+                sym, start, freq = _find(cf, m, s, edges, sigmoid, total, nsym)
+                x = freq * (x >> precision) + cf - start
+                if x < STATE_LOWER:
+                    if p == 0:
+                        ptr[row] = p
+                        return UNDERFLOW
+                    p -= 1
+                    x = (x << WORD_BITS) | np.int64(words[row, p])
+                    if p < lw:
+                        lw = p
+                heads[row, k] = x
+                symbols[r, i] = sym
                 freqs[r, i] = freq
+        ptr[row] = p
+        low_water[row] = lw
     return 0
 
 
@@ -156,17 +157,31 @@ def pop_logistic(heads, words, ptr, low_water, rows, mean, inv, mask, k_heads, p
 def pop_uniform(heads, words, ptr, low_water, rows, d, k_heads, precision, bits, symbols):
     """Pop d symbols per row from the uniform family over 2**bits symbols."""
     shift = precision - bits
-    n = rows.shape[0]
-    for r in range(n):
+    cf_mask = (np.int64(1) << precision) - 1
+    freq = np.int64(1) << shift
+    for r in range(rows.shape[0]):
         row = rows[r]
+        p = ptr[row]
+        lw = low_water[row]
         for c in range((d + k_heads - 1) // k_heads - 1, -1, -1):
             for k in range(k_heads - 1, -1, -1):
                 i = c * k_heads + k
                 if i >= d:
                     continue
-                sym = (heads[row, k] & ((1 << precision) - 1)) >> shift
-                if _pop_one(heads, words, ptr, low_water, row, k, sym << shift, np.int64(1) << shift,
-                            precision) == UNDERFLOW:
-                    return UNDERFLOW
+                x = heads[row, k]
+                cf = x & cf_mask
+                sym = cf >> shift
+                x = freq * (x >> precision) + cf - (sym << shift)
+                if x < STATE_LOWER:
+                    if p == 0:
+                        ptr[row] = p
+                        return UNDERFLOW
+                    p -= 1
+                    x = (x << WORD_BITS) | np.int64(words[row, p])
+                    if p < lw:
+                        lw = p
+                heads[row, k] = x
                 symbols[r, i] = sym
+        ptr[row] = p
+        low_water[row] = lw
     return 0
