@@ -41,21 +41,28 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
     if scheme not in ("bitswap", "bbans"):
         fail(f"unknown scheme {scheme!r}; use bitswap or bbans")
         return Exit.USAGE
+    if max_pixels < 1:
+        fail(f"--max-pixels must be at least 1, got {max_pixels}")
+        return Exit.USAGE
     if output is not None and len(files) > 1 or (output is not None and output.suffix != BSW_SUFFIX):
         output.mkdir(parents=True, exist_ok=True)
     status = Exit.OK
     jobs: list[_Job] = []
     for src in files:
         target = _target_for(src, output, len(files))
-        if target.exists() and not force:
-            fail(f"{target}: already exists (use --force to overwrite)")
-            status = Exit.FAILED
-            continue
         try:
+            if target.exists() and not force:
+                fail(f"{target}: already exists (use --force to overwrite)")
+                status = Exit.FAILED
+                continue
+            if any(j.target == target for j in jobs):
+                fail(f"{src}: its output {target} is also another input's output")
+                status = Exit.FAILED
+                continue
             data = src.read_bytes()
             split = split_image(data, name=str(src), max_pixels=max_pixels)
         except OSError as exc:
-            fail(f"{src}: cannot read: {exc.strerror}")
+            fail(f"{src}: cannot read: {exc.strerror or exc}")
             status = Exit.FAILED
             continue
         except ImageInputError as exc:

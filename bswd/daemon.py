@@ -105,6 +105,34 @@ def expand_devices(devices: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+class StateDirBusy(RuntimeError):
+    """Another bswd serve holds the state folder."""
+
+
+def lock_state_dir(state_dir: Path):
+    """Hold an exclusive lock on ``state_dir`` for the daemon's lifetime (released at exit).
+
+    Two daemons on one job table would both resume and run the same jobs; the second one must
+    refuse to start before it touches anything."""
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(state_dir / "daemon.lock", "a+")  # noqa: SIM115 - kept open on purpose
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise StateDirBusy(f"state folder {state_dir} is in use by another bswd serve (pid {holder}); "
+                           "give each daemon its own --state") from exc
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig, reload: Callable[[], DaemonConfig], log: logging.Logger,
                  env: Mapping[str, str] | None = None, registry: CollectorRegistry | None = None,
@@ -119,6 +147,7 @@ class Daemon:
             log.warning("removed stale prometheus multiprocess files (bswd is one process)",
                         extra={"fields": {"files": [str(p) for p in stale]}})
         self.metrics = Metrics(self.registry, VERSION)
+        self._state_lock = lock_state_dir(Path(config.state_dir))
         self.store = JobStore(config.state_dir)
         self.health = Health(queue_depth=self.store.queued_count,
                              queue_high_water=max(1, int(config.queue_max * config.ready_high_water)))
@@ -336,6 +365,6 @@ def run_serve(load: Callable[[], DaemonConfig]) -> int:
         daemon = Daemon(config, load, log)
         daemon.install_signals()
         return daemon.run()
-    except (ConfigError, zmq.ZMQError, OSError, ValueError) as exc:
+    except (ConfigError, zmq.ZMQError, OSError, ValueError, StateDirBusy) as exc:
         log.error("cannot serve", extra={"fields": {"reason": str(exc)}})
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -39,8 +40,14 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (use --force to overwrite)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    # A short temporary name: one derived from a long final name could exceed NAME_MAX (255).
+    fd, tmp = tempfile.mkstemp(prefix=".bswd-", suffix=".part", dir=folder)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -48,8 +55,15 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
         if overwrite:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
-            os.unlink(tmp)
+            try:
+                os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
+                os.unlink(tmp)
+            except OSError as exc:
+                if isinstance(exc, FileExistsError):
+                    raise FileExistsError(f"{path}: already exists (use --force to overwrite)") from exc
+                if path.exists():  # no hard links here (FAT, some SMB): check, then rename
+                    raise FileExistsError(f"{path}: already exists (use --force to overwrite)") from exc
+                os.rename(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -66,6 +80,8 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but no CUDA device is available")
     return device
@@ -97,10 +113,16 @@ def build_engine(mf, device: str = "auto", threads: int | None = None, **engine_
     import torch
 
     from bswd.engine import Engine, EngineConfig
+    from bswd.model.modelfile import ModelFileError
     from bswd.model.quant import load_coding_model
 
     torch.set_num_threads(threads or default_threads())
-    model = load_coding_model(mf, resolve_device(device))
+    dev = resolve_device(device)
+    try:
+        model = load_coding_model(mf, dev)
+    except (ValueError, KeyError) as exc:
+        raise ModelFileError(f"model {mf.model_id!r} ({mf.sha256.hex()[:16]}...) cannot be used by this "
+                             f"release: {exc} (made by another bswd version?)") from exc
     return Engine(model, EngineConfig(**engine_options))
 
 

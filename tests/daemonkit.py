@@ -90,6 +90,8 @@ class Daemon:
             if self.http("/readyz")[0] == 200:
                 return self
             time.sleep(0.1)
+        self.proc.kill()  # never leave a half-started daemon behind
+        self.proc.wait(10)
         raise RuntimeError(f"bswd serve not ready in {ready_timeout} s:\n{self.log.read_text()}")
 
     def http(self, path: str) -> tuple[int, str]:

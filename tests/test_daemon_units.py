@@ -166,3 +166,15 @@ def test_curve_allows_only_listed_clients(tmp_path):
         t.join(5)
         front.close()
         ctx.destroy(0)
+
+
+def test_second_daemon_on_the_same_state_folder_refuses(tmp_path):
+    from bswd.daemon import StateDirBusy, lock_state_dir
+
+    held = lock_state_dir(tmp_path)
+    try:
+        with pytest.raises(StateDirBusy, match="in use by another bswd serve"):
+            lock_state_dir(tmp_path)
+    finally:
+        held.close()
+    lock_state_dir(tmp_path).close()  # free again once the first one is gone
