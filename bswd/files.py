@@ -11,6 +11,7 @@ its raw size is stored raw instead (a "stored" section), so tiny images never gr
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,6 +42,12 @@ class Compressed:
     model_bits: int  # bits the file spends on model-coded lanes (heads + words)
 
 
+def content_checksum(planes: list[np.ndarray], side: bytes) -> bytes:
+    """SHA-256 over the model planes' pixels and the side data (metadata, classical parts), so
+    decoding verifies everything the rebuilt file is made of, not only the model's pixels."""
+    return hashlib.sha256(pixel_checksum(planes) + hashlib.sha256(side).digest()).digest()
+
+
 def _plane_file(engine: Engine, coded: CodedPlane, plane: np.ndarray, checksum: bytes,
                 sections: tuple[Section, ...], allow_stored: bool) -> BswFile:
     model = engine.model
@@ -68,7 +75,7 @@ def compress_images(engine: Engine, images: list[SplitImage], scheme: str = "bit
         planes = list(im.planes)
         mine = coded[pos : pos + len(planes)]
         pos += len(planes)
-        checksum = pixel_checksum(planes)
+        checksum = content_checksum(planes, im.side)
         nested = tuple(Section(PLANE, container.encode(_plane_file(engine, c, p, checksum, (), allow_stored)))
                        for c, p in zip(mine[1:], planes[1:]))
         about = "\n".join(im.description).encode("utf-8", "replace")
@@ -151,7 +158,8 @@ def decompress_many(engine: Engine, files: list[BswFile],
                 arrays.append(stored)
             elif p.channels:
                 arrays.append(next(decoded))
-        if pixel_checksum(arrays) != f.pixel_checksum:
-            raise IntegrityError("decoded pixels do not match the checksum recorded at compression")
-        out.append(join_image(arrays, side_data(f)))
+        side = side_data(f)
+        if content_checksum(arrays, side) != f.pixel_checksum:
+            raise IntegrityError("decoded image does not match the checksum recorded at compression")
+        out.append(join_image(arrays, side))
     return out

@@ -182,10 +182,13 @@ def encode_stream(header: PngHeader, samples: np.ndarray) -> bytes:
     height, width, channels = samples.shape
     if header.depth >= 8 and header.ctype != 3:
         image = samples[..., 0] if channels == 1 else samples
-        encoded = bytes(imagecodecs.png_encode(np.ascontiguousarray(image)))
-        chunks = read_chunks(encoded)
+        try:
+            encoded = bytes(imagecodecs.png_encode(np.ascontiguousarray(image)))
+        except Exception:  # imagecodecs refuses some shapes (e.g. H x 1, H >= ~300): zlib below
+            encoded = b""
+        chunks = read_chunks(encoded) if encoded else []
         expect = _IHDR.pack(width, height, header.depth, header.ctype, 0, 0, 0)
-        if chunks[0] == (b"IHDR", expect):
+        if chunks and chunks[0] == (b"IHDR", expect):
             return b"".join(p for c, p in chunks if c == b"IDAT")
     rows = _pack_rows(samples, header.depth)
     filtered = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)

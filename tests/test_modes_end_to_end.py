@@ -68,6 +68,7 @@ CASES = {
     "cmyk-tiff": lambda: encoded(Image.new("CMYK", (16, 16), (10, 20, 30, 40)), "TIFF"),
     "rgb-tiff-2pages": lambda: encoded(Image.fromarray(rgb), "TIFF", save_all=True,
                                        append_images=[Image.fromarray(noise(8, 8, seed=5))]),
+    "tall-grey-png": lambda: encoded(Image.fromarray(noise(3000, 1, 1, seed=7)[..., 0]), "PNG"),
     "bmp": lambda: encoded(Image.fromarray(rgb), "BMP"),
     "ppm": lambda: encoded(Image.fromarray(rgb), "PPM"),
     "gif-anim": lambda: encoded(Image.fromarray(rgb).quantize(32), "GIF", save_all=True,
