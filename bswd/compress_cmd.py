@@ -177,24 +177,26 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
 
 
 def describe_bsw(f: container.BswFile, size: int) -> str:
-    from bswd.files import ABOUT, PLANE, about_lines, plane_files, stored_channels
+    from bswd.files import ABOUT, PLANE, STORED_JXL, about_lines, plane_files, stored_channels
 
     planes = plane_files(f)
     sizes = container.payload_sizes(f)
     subpixels = sum(p.width * p.height * (p.channels or stored_channels(p)) for p in planes)
     stored = sum(1 for p in planes if stored_channels(p))
+    jxl = sum(1 for p in planes for sec in p.sections if sec.kind == STORED_JXL)
     lines = [
         f"format version   {f.format_version}",
         f"model            {f.model_id} (sha256 {f.model_hash.hex()})",
         f"scheme           {f.scheme}, precision {f.precision} bits, {f.head_width} heads per lane",
         f"image            {f.width}x{f.height}, {f.channels or 'no'} model channel(s), "
-        f"{len(planes)} plane(s)" + (f", {stored} stored raw (the model would have been larger)" if stored else ""),
+        f"{len(planes)} plane(s)" + (f", {stored} not model-coded ({jxl} JPEG XL lossless, {stored - jxl} raw): "
+                                     "the model would have been larger" if stored else ""),
         f"lanes            {len(f.lanes)} ({', '.join(str(ln.n_patches) for ln in f.lanes) or '-'} patches)",
         f"payload          header {sizes['header']} B, lanes {sum(sizes['lanes']):,} B, "
         + ", ".join(f"{k} {n:,} B" for k, n in sizes["sections"] if k not in (PLANE, ABOUT)),
         f"file size        {size:,} bytes",
     ]
     if subpixels:
-        lines.append(f"bits/dim         {8 * size / subpixels:.4f} (whole file over model-coded samples)")
+        lines.append(f"bits/dim         {8 * size / subpixels:.4f} (whole file over the planes' samples)")
     lines += [f"part             {line}" for line in about_lines(f)]
     return "\n".join(lines)

@@ -22,7 +22,8 @@ from bswd.container import BswFile, LanePayload, Section
 from bswd.engine import CodedPlane, Engine, LaneData
 from bswd.images import SplitImage, join_image, pixel_checksum
 
-SIDE, PLANE, STORED, ABOUT = "side", "plane", "stored", "about"
+SIDE, PLANE, STORED, STORED_JXL, ABOUT = "side", "plane", "stored", "stored-jxl", "about"
+FALLBACKS = (STORED, STORED_JXL)
 
 
 class IntegrityError(ValueError):
@@ -48,12 +49,28 @@ def content_checksum(planes: list[np.ndarray], side: bytes) -> bytes:
     return hashlib.sha256(pixel_checksum(planes) + hashlib.sha256(side).digest()).digest()
 
 
+def _fallback(plane: np.ndarray) -> Section:
+    """The smaller of raw pixels and JPEG XL lossless, for planes the model codes worse.
+
+    Where the model loses (a weak model, tiny or synthetic images) the file still never grows
+    past what a good classical codec gives; `bswd inspect` says which part used what."""
+    c = plane.shape[2]
+    raw = Section(STORED, bytes([c]) + np.ascontiguousarray(plane).tobytes())
+    try:
+        import imagecodecs
+
+        jxl = bytes(imagecodecs.jpegxl_encode(plane[..., 0] if c == 1 else plane, lossless=True, effort=7))
+    except Exception:  # no JPEG XL in this imagecodecs build, or a shape it refuses: raw it is
+        return raw
+    return Section(STORED_JXL, bytes([c]) + jxl) if len(jxl) + 1 < len(raw.data) else raw
+
+
 def _plane_file(engine: Engine, coded: CodedPlane, plane: np.ndarray, checksum: bytes,
-                sections: tuple[Section, ...], allow_stored: bool) -> BswFile:
+                sections: tuple[Section, ...], fallback: Section | None) -> BswFile:
     model = engine.model
     h, w, c = plane.shape
-    if allow_stored and coded.stored_bits > 8 * plane.size:
-        stored = Section(STORED, bytes([c]) + np.ascontiguousarray(plane).tobytes())
+    if fallback is not None:
+        stored = fallback
         return BswFile(model.model_id, model.sha256, "bitswap", w, h, 0, engine.config.seed, 1,
                        model.cfg.precision, (), checksum, (stored, *sections))
     lanes = tuple(LanePayload(ln.n_patches, ln.low_water, ln.heads, ln.words) for ln in coded.lanes)
@@ -76,17 +93,20 @@ def compress_images(engine: Engine, images: list[SplitImage], scheme: str = "bit
         mine = coded[pos : pos + len(planes)]
         pos += len(planes)
         checksum = content_checksum(planes, im.side)
-        nested = tuple(Section(PLANE, container.encode(_plane_file(engine, c, p, checksum, (), allow_stored)))
-                       for c, p in zip(mine[1:], planes[1:]))
+        fallbacks = [_fallback(p) if allow_stored else None for p in planes]
+        fallbacks = [fb if fb is not None and 8 * len(fb.data) < c.stored_bits else None
+                     for fb, c in zip(fallbacks, mine)]
+        nested = tuple(Section(PLANE, container.encode(_plane_file(engine, c, p, checksum, (), fb)))
+                       for c, p, fb in zip(mine[1:], planes[1:], fallbacks[1:]))
         about = "\n".join(im.description).encode("utf-8", "replace")
         sections = (Section(SIDE, im.side), Section(ABOUT, about), *nested)
         if planes:
-            f = _plane_file(engine, mine[0], planes[0], checksum, sections, allow_stored)
+            f = _plane_file(engine, mine[0], planes[0], checksum, sections, fallbacks[0])
         else:
             m = engine.model
             f = BswFile(m.model_id, m.sha256, "bitswap", 1, 1, 0, engine.config.seed, 1,
                         m.cfg.precision, (), checksum, sections)
-        used = [c for c, p in zip(mine, planes) if not allow_stored or c.stored_bits <= 8 * p.size]
+        used = [c for c, fb in zip(mine, fallbacks) if fb is None]
         out.append(Compressed(container.encode(f), sum(p.size for p in planes),
                               sum(p.size for p in planes), sum(c.info_bits for c in used),
                               sum(c.stored_bits for c in used)))
@@ -100,17 +120,30 @@ def _to_coded(f: BswFile) -> CodedPlane:
 
 def _stored_plane(f: BswFile) -> np.ndarray | None:
     for s in f.sections:
+        if s.kind not in FALLBACKS:
+            continue
+        c = s.data[0] if s.data else 0
+        shape = (f.height, f.width, c)
         if s.kind == STORED:
-            c = s.data[0] if s.data else 0
             if c not in (1, 3) or len(s.data) != 1 + f.width * f.height * c:
                 raise container.CorruptFile(f"stored plane has {len(s.data)} bytes for {f.width}x{f.height}x{c}")
-            return np.frombuffer(s.data, np.uint8, offset=1).reshape(f.height, f.width, c).copy()
+            return np.frombuffer(s.data, np.uint8, offset=1).reshape(shape).copy()
+        try:
+            import imagecodecs
+
+            plane = np.asarray(imagecodecs.jpegxl_decode(s.data[1:]))
+        except Exception as exc:
+            raise container.CorruptFile(f"JPEG XL plane cannot be decoded: {exc}") from exc
+        plane = plane.reshape(plane.shape[0], plane.shape[1], -1)
+        if plane.shape != shape or plane.dtype != np.uint8:
+            raise container.CorruptFile(f"JPEG XL plane is {plane.dtype} {plane.shape}, expected {shape}")
+        return plane
     return None
 
 
 def stored_channels(f: BswFile) -> int:
     """Channels of a plane stored raw in this file, 0 if it has none."""
-    return next((s.data[0] for s in f.sections if s.kind == STORED and s.data), 0)
+    return next((s.data[0] for s in f.sections if s.kind in FALLBACKS and s.data), 0)
 
 
 def about_lines(f: BswFile) -> list[str]:

@@ -137,3 +137,17 @@ def test_byte_fuzz_of_whole_file_gives_only_clean_errors(coded_file):
         except CLEAN_ERRORS:
             continue
         assert bytes(b) == data
+
+
+def test_weak_model_falls_back_to_jpeg_xl_never_growing_a_smooth_image(make_engine):
+    """A random model codes a smooth gradient far worse than JPEG XL: the plane is stored as
+    JPEG XL lossless, the file stays near JPEG XL's size, and it decodes exactly."""
+    y, x = np.mgrid[0:64, 0:96]
+    img = np.stack([x * 2, y * 3, (x + y)], axis=-1).astype(np.uint8)
+    engine = make_engine()
+    [res] = compress_images(engine, [split_image(png_bytes(img), name="smooth.png")])
+    f = container.decode(res.data)
+    assert f.channels == 0 and any(s.kind == "stored-jxl" for s in f.sections)
+    assert len(res.data) < img.size // 4
+    [(back, _)] = decompress_many(engine, [f])
+    assert np.array_equal(np.asarray(reopened(back)), img)
