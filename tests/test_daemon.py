@@ -3,6 +3,7 @@ this module (round trips, bad inputs, metrics, batch neighbours, path submission
 
 from __future__ import annotations
 
+import re
 import struct
 import time
 import zlib
@@ -77,6 +78,20 @@ def test_submit_round_trip_through_bswctl(daemon, tmp_path):
     assert r.returncode == 0 and "img0.png" in r.stdout
     r = daemon.ctl("--json", "stats")
     assert r.returncode == 0 and '"ready": true' in r.stdout
+
+
+def test_result_fetches_a_job_submitted_without_wait(daemon, tmp_path):
+    f = tmp_path / "later.png"
+    f.write_bytes(png_bytes(20, 12, seed=9))
+    r = daemon.ctl("submit", str(f))
+    assert r.returncode == Exit.OK, r.stderr
+    job = re.search(r"job (\d+)", r.stdout).group(1)
+    r = daemon.ctl("result", job, "--wait", "-o", str(tmp_path / "fetched"))
+    assert r.returncode == Exit.OK, r.stderr
+    bsw = tmp_path / "fetched" / "later.png.bsw"
+    assert bsw.exists() and bsw.read_bytes()[:4] == b"\x89BSW"
+    r = daemon.ctl("result", "999999", "-o", str(tmp_path / "none"))
+    assert r.returncode != Exit.OK
 
 
 def test_bad_inputs_fail_with_reasons_and_write_nothing(daemon, tmp_path):

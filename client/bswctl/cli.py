@@ -248,6 +248,40 @@ def _finished(ctl: Ctl, f: Path, info: dict[str, Any], reply: Message, op: str, 
 
 
 @app.command()
+def result(
+    ctx: typer.Context,
+    jobs: list[int] = typer.Argument(..., help="Job ids (from `bswctl submit` or `bswctl status`)."),
+    output: Path = typer.Option(Path("."), "--output", "-o", help="Folder to write the outputs to."),
+    wait: bool = typer.Option(False, "--wait", "-w", help="Wait for unfinished jobs instead of reporting them."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing outputs."),
+    wait_timeout: float = typer.Option(0, "--wait-timeout", help="With --wait: give up after this many seconds."),
+) -> None:
+    """Fetch the outputs of jobs submitted earlier (without --wait, or by a client that went away)."""
+    ctl: Ctl = ctx.obj
+    output.mkdir(parents=True, exist_ok=True)
+
+    def body(t: Transport) -> Exit:
+        codes: list[Exit] = []
+        named: dict[str, list[tuple[Path, int]]] = {}
+        for job in jobs:
+            reply = ctl.call(t, "status", job=job)
+            if reply.code != Code.OK.value:
+                codes.append(_check(ctl, reply, f"job {job}"))
+                continue
+            info = reply.fields["job"]
+            if info["state"] not in protocol.FINAL_STATES and not wait:
+                ctl.warn(f"job {job} is {info['state']}; use --wait to wait for it")
+                codes.append(Exit.WAIT_TIMEOUT)
+                continue
+            named.setdefault(info["op"], []).append((output / info["name"], job))
+        for op, pairs in named.items():
+            codes += _wait_all(ctl, t, pairs, op, output, force, wait_timeout)
+        return worst(codes) if codes else Exit.OK
+
+    _run(ctl, body)
+
+
+@app.command()
 def status(ctx: typer.Context, job: int | None = typer.Argument(None, help="A job id (default: recent jobs).")) -> None:
     """One job's state, or the counts and the most recent jobs."""
     ctl: Ctl = ctx.obj
