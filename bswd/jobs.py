@@ -36,6 +36,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from bswd.shell import fsync_dir
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -113,14 +115,6 @@ class Job:
 _COLUMNS = ", ".join(f.name for f in fields(Job))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class JobStore:
     """Jobs in ``state_dir/jobs.sqlite3``, inputs in ``state_dir/spool``, results in ``results``."""
 
@@ -161,7 +155,7 @@ class JobStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.spool_dir / spool)
-        _fsync_dir(self.spool_dir)
+        fsync_dir(self.spool_dir)
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")

@@ -10,8 +10,9 @@ an original only after that, and only when the original is still the file that w
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from bswd.shell import atomic_write, fsync_dir
 
 BSW_SUFFIX = ".bsw"
 
@@ -26,31 +27,16 @@ def file_ident(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` atomically and durably (replacing an earlier output)."""
+    """Write ``data`` to ``target`` atomically and durably, read back and compared before it
+    replaces an earlier output."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with open(tmp, "rb") as fh:
-            if fh.read() != data:
-                raise PublishError(f"{target}: the written file does not read back identically")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        atomic_write(target, data, overwrite=True, read_back=True)
+    except OSError as exc:
+        if "read back" in str(exc):
+            raise PublishError(str(exc)) from exc
         raise
-    _fsync_dir(target.parent)
 
 
 def compressed_name(name: str) -> str:
@@ -87,10 +73,10 @@ def apply_policy(original: Path, ident: str | None, policy: str, done_dir: Path)
             dest = done_dir / f"{original.stem}.{n}{original.suffix}"
             n += 1
         os.rename(original, dest)
-        _fsync_dir(original.parent)
+        fsync_dir(original.parent)
         return f"moved to {dest}"
     if policy == "delete-after-verify":
         original.unlink()
-        _fsync_dir(original.parent)
+        fsync_dir(original.parent)
         return "deleted"
     raise ValueError(f"unknown policy {policy!r}")

@@ -30,11 +30,21 @@ def human_bytes(n: float) -> str:
     return f"{n} GB"
 
 
-def atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, overwrite: bool = False, read_back: bool = False) -> None:
     """Write ``data`` so that ``path`` either does not change or holds all of it, durably.
 
-    The bytes go to a temporary file in the same folder, are fsynced, then renamed into place
-    (and the folder fsynced). Without ``overwrite`` an existing file is never replaced.
+    The bytes go to a temporary file in the same folder, are fsynced (and with ``read_back``
+    read again and compared), then renamed into place and the folder fsynced. Without
+    ``overwrite`` an existing file is never replaced.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -52,6 +62,10 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if read_back:
+            with open(tmp, "rb") as fh:
+                if fh.read() != data:
+                    raise OSError(f"{path}: the written file does not read back identically")
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -68,11 +82,7 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(folder)
 
 
 def resolve_device(device: str) -> str:
