@@ -111,7 +111,9 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
             continue
         bpd = f"{8 * len(r.data) / r.subpixels:.3f} bits/dim" if r.subpixels else "no model planes"
         print(f"{j.source} -> {j.target}: {len(j.data):,} -> {len(r.data):,} bytes, {bpd}"
-              + (f" ({100 * len(r.data) / r.raw_bytes:.1f}% of raw)" if r.raw_bytes else ""))
+              + (f" ({100 * len(r.data) / r.raw_bytes:.1f}% of raw)" if r.raw_bytes else "")
+              + (f"; {r.fallback_planes} plane(s) stored as JPEG XL lossless or raw, smaller than the "
+                 f"model's code ({r.model_only_bits / r.subpixels:.3f} bits/dim)" if r.fallback_planes else ""))
         if compare and j.split.planes:
             print(_compare_table(j.split.planes[0], r, encode_s * r.raw_bytes / max(1, raw_total),
                                  decode_s * r.raw_bytes / max(1, raw_total)))
@@ -125,7 +127,8 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
 def _compare_table(plane: np.ndarray, r, encode_s: float, decode_s: float) -> str:
     from bswd.classical import compare, format_table
 
-    rows = [{"name": "bswd", "size_bytes": len(r.data), "encode_s": encode_s, "decode_s": decode_s}]
+    name = "bswd (fallback)" if r.fallback_planes else "bswd"
+    rows = [{"name": name, "size_bytes": len(r.data), "encode_s": encode_s, "decode_s": decode_s}]
     return format_table(rows + compare(plane), n_bytes_raw=plane.size)
 
 

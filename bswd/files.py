@@ -41,6 +41,8 @@ class Compressed:
     subpixels: int  # samples coded by the model (H*W*C over planes)
     info_bits: float  # ideal cost of the model-coded planes under the integer model
     model_bits: int  # bits the file spends on model-coded lanes (heads + words)
+    fallback_planes: int = 0  # planes stored raw or as JPEG XL because the model coded them larger
+    model_only_bits: int = 0  # what the model's lanes for every plane would have taken
 
 
 def content_checksum(planes: list[np.ndarray], side: bytes) -> bytes:
@@ -109,7 +111,8 @@ def compress_images(engine: Engine, images: list[SplitImage], scheme: str = "bit
         used = [c for c, fb in zip(mine, fallbacks) if fb is None]
         out.append(Compressed(container.encode(f), sum(p.size for p in planes),
                               sum(p.size for p in planes), sum(c.info_bits for c in used),
-                              sum(c.stored_bits for c in used)))
+                              sum(c.stored_bits for c in used), sum(fb is not None for fb in fallbacks),
+                              sum(c.stored_bits for c in mine)))
     return out
 
 
