@@ -44,7 +44,14 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
     if max_pixels < 1:
         fail(f"--max-pixels must be at least 1, got {max_pixels}")
         return Exit.USAGE
-    if output is not None and len(files) > 1 or (output is not None and output.suffix != BSW_SUFFIX):
+    if output is not None and output.suffix == BSW_SUFFIX and not output.is_dir():
+        if len(files) > 1:
+            fail(f"-o {output}: with several inputs, -o must be a folder")
+            return Exit.USAGE
+        if not output.parent.is_dir():
+            fail(f"-o {output}: folder {output.parent} does not exist")
+            return Exit.USAGE
+    elif output is not None:
         output.mkdir(parents=True, exist_ok=True)
     status = Exit.OK
     jobs: list[_Job] = []
@@ -102,6 +109,7 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
                 fail(f"{j.source}: verification failed: decoded pixels differ; nothing written")
                 return Exit.FAILED
     raw_total = sum(r.raw_bytes for r in results)
+    written = 0
     for j, r in zip(jobs, results):
         try:
             atomic_write(j.target, r.data, overwrite=force)
@@ -109,6 +117,7 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
             fail(f"{j.target}: cannot write: {exc}")
             status = Exit.FAILED
             continue
+        written += 1
         bpd = f"{8 * len(r.data) / r.subpixels:.3f} bits/dim" if r.subpixels else "no model planes"
         print(f"{j.source} -> {j.target}: {len(j.data):,} -> {len(r.data):,} bytes, {bpd}"
               + (f" ({100 * len(r.data) / r.raw_bytes:.1f}% of raw)" if r.raw_bytes else "")
@@ -119,7 +128,8 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
                                  decode_s * r.raw_bytes / max(1, raw_total)))
     mb = raw_total / 1e6
     speed = f"compress {mb / encode_s:.3f} MB/s" + (f", verify-decode {mb / decode_s:.3f} MB/s" if decode_s else "")
-    print(f"{len(jobs)} file(s), {human_bytes(raw_total)} raw pixels in {encode_s:.1f} s ({speed}, "
+    print(f"{written} of {len(jobs)} file(s) written, {human_bytes(raw_total)} raw pixels coded in "
+          f"{encode_s:.1f} s ({speed}, "
           f"device {engine.model.nets.device})")
     return status
 

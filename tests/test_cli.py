@@ -147,3 +147,13 @@ def test_help_explains_every_option():
     assert res.exit_code == 0
     for opt in ("--output", "--model", "--scheme", "--compare", "--allow-lossy-source", "--force"):
         assert opt in res.output
+
+
+def test_output_file_with_several_inputs_is_a_usage_error(tmp_path, model_path):
+    a = save_png(tmp_path / "a.png", noise(8, 8, seed=1))
+    b = save_png(tmp_path / "b.png", noise(8, 8, seed=2))
+    res = bswd("compress", a, b, "-o", tmp_path / "one.bsw", "--model", model_path, "-q")
+    assert res.exit_code == 2 and "must be a folder" in res.output
+    assert not (tmp_path / "one.bsw").exists()
+    res = bswd("compress", a, "-o", tmp_path / "no" / "x.bsw", "--model", model_path, "-q")
+    assert res.exit_code == 2 and "does not exist" in res.output
