@@ -57,12 +57,22 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
     bar = tqdm(total=trainer.cfg.steps, initial=trainer.step, unit="step", file=sys.stderr)
     last_val: list[float] = []
 
+    stopping: list[int] = []
+
     def progress(step: int, train_bpd: float, val: float | None) -> None:
+        if stopping:  # a step boundary: the checkpoint will be consistent
+            raise KeyboardInterrupt
         if val is not None:
             last_val.append(val)
         bar.update(1)
         bar.set_postfix(train_bpd=f"{train_bpd:.3f}", val_bpd=f"{last_val[-1]:.3f}" if last_val else "-")
 
+    import signal
+
+    def stop(signum, frame):  # SIGTERM (kill, systemd, a job scheduler): save at the next step
+        stopping.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         trainer.run(progress)
     except KeyboardInterrupt:
@@ -70,6 +80,7 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
         fail(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume {run_dir}")
         return Exit.FAILED
     finally:
+        signal.signal(signal.SIGTERM, previous)
         bar.close()
     print(f"trained to step {trainer.step} in {trainer.elapsed / 3600:.2f} h; log {run_dir / 'log.csv'}, "
           f"curve {run_dir / 'curve.png'}")
