@@ -132,8 +132,9 @@ def test_drain_out_of_grace_keeps_jobs_queued_for_next_start(model_path, tmp_pat
     state = tmp_path / "state"
     env = {"BSWD_BATCHING_MAX_LANES": "1", "BSWD_BATCHING_MAX_DELAY_MS": "0", "BSWD_DRAIN_GRACE_S": "0.3"}
     d = Daemon(state, model_path, env=env).start()
+    # enough work that it cannot all finish inside the 0.3 s grace, however fast the coder gets
     for i in range(6):
-        assert d.call("submit", (png_bytes(64, 64, seed=i),), op="compress", name=f"g{i}.png").code == "ok"
+        assert d.call("submit", (png_bytes(192, 192, seed=i),), op="compress", name=f"g{i}.png").code == "ok"
     d.signal(signal.SIGTERM)
     t0 = time.monotonic()
     assert d.wait(30) == 0
