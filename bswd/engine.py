@@ -9,7 +9,6 @@ ANS operation acts row by row, so batch size and neighbours never change a file.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -196,15 +195,3 @@ class Engine:
         else:
             low, heads, words = lanes.payload(row)
             t.result = LaneData(t.end - t.start, low, heads, words)
-
-
-def info_bits_per_dim(coded: CodedPlane) -> float:
-    return coded.info_bits / (coded.height * coded.width * coded.channels)
-
-
-def stored_bits_per_dim(coded: CodedPlane) -> float:
-    return coded.stored_bits / (coded.height * coded.width * coded.channels)
-
-
-__all__ = ["Engine", "EngineConfig", "CodedPlane", "LaneData", "StreamError", "DEFAULT_SEED",
-           "head_width_for", "info_bits_per_dim", "stored_bits_per_dim", "math"]
