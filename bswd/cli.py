@@ -117,11 +117,15 @@ def train(
     width: int = typer.Option(48, help="Channels of the ResNets."),
     layers: int = typer.Option(3, help="Latent layers."),
     device: str = typer.Option("cpu", help="cpu or cuda (a resumed run may move to another device)."),
+    pixel_context: bool = typer.Option(True, help="Pixel-context likelihood (polyphase stages) instead of a factorized one."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start a new run from another run's weights (every tensor whose name and shape match)."),
+    threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
 ) -> None:
     """Train a model (resumable: checkpoints every few minutes)."""
     from bswd.train_cmd import run_train
 
-    raise typer.Exit(int(run_train(data, out, resume, steps, batch, width, layers, device)))
+    raise typer.Exit(int(run_train(data, out, resume, steps, batch, width, layers, device,
+                                   pixel_context=pixel_context, init=init, threads=threads)))
 
 
 @app.command()

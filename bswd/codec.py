@@ -88,6 +88,30 @@ def patch_mask(h: int, w: int, channels: int) -> np.ndarray:
     return m
 
 
+POLYPHASE = ((0, 0), (1, 1), (0, 1), (1, 0))  # the pixel-context stages' sub-lattices (net.POLYPHASE)
+
+
+def split_polyphase(x: np.ndarray) -> np.ndarray:
+    """[n, 3, 32, 32] -> [n, 4, 3, 16, 16]: the 2x2 sub-lattices in decoding order."""
+    return np.stack([x[:, :, dy::2, dx::2] for dy, dx in POLYPHASE], axis=1)
+
+
+def merge_polyphase(parts: np.ndarray) -> np.ndarray:
+    n = parts.shape[0]
+    x = np.empty((n, 3, PATCH, PATCH), dtype=parts.dtype)
+    for s, (dy, dx) in enumerate(POLYPHASE):
+        x[:, :, dy::2, dx::2] = parts[:, s]
+    return x
+
+
+def context_pixels(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The pixels the pixel-context stages condition on, [n, 4, 3, 16, 16] int64: x inside the
+    image, 128 outside it (edge patches: the replicated padding is not known to the decoder
+    until the whole patch is decoded). A grey patch's G and B channels repeat R, as in x."""
+    inside = mask[:, :1]  # channel 0 is coded wherever the patch is inside the image
+    return split_polyphase(np.where(inside, x.astype(np.int64), 128))
+
+
 def extract_patch(image: np.ndarray, geom: Geometry, index: int) -> np.ndarray:
     """Patch ``index`` of an H x W x C uint8 image as [3, 32, 32] with padding filled."""
     y0, x0, h, w = geom.extent(index)
@@ -207,6 +231,8 @@ class PatchCoder:
 
     def push_below(self, lanes, rows, level, z, below, mask, info) -> None:
         """Push z_{level-1} (pixels at level 1) under p(z_{level-1} | z_level)."""
+        if level == 1 and self.model.nets.pixel_context:
+            return self.push_pixels_context(lanes, rows, z, below, mask, info)
         mean, sidx = self.model.nets.generative(level, z)
         family = self.model.pixels if level == 1 else self.model.latents
         self._push(lanes, rows, *family.encode_params(below.astype(np.int64), mean, sidx),
@@ -216,6 +242,42 @@ class PatchCoder:
         mean, sidx = self.model.nets.generative(level, z)
         family = self.model.pixels if level == 1 else self.model.latents
         return self._pop_family(lanes, rows, family, mean, sidx, mask if level == 1 else None, info)
+
+    # ---- p(x | z_1) with pixel context: four polyphase stages, R then G then B in each -----------
+    def push_pixels_context(self, lanes, rows, z1, x, mask, info) -> None:
+        """Push every pixel of x under the pixel-context likelihood; the groups go on in reverse
+        decoding order, so the decoder pops sub-lattice 0's R first."""
+        nets = self.model.nets
+        ctx, cmask = context_pixels(x, mask), split_polyphase(mask)
+        trunk = nets.pixel_trunk(z1)
+        groups = []
+        for s in range(4):  # teacher-forced: the decoder will have exactly these pixels at each step
+            base, sidx = nets.pixel_stage(trunk, ctx, s)
+            mean = nets.pixel_mean(base, ctx, s)
+            groups.append(self.model.pixels.encode_params(ctx[:, s], mean, sidx))
+        for s in reversed(range(4)):
+            starts, freqs = groups[s]
+            for c in reversed(range(3)):
+                self._push(lanes, rows, starts[:, c], freqs[:, c], cmask[:, s, c], info)
+
+    def pop_pixels_context(self, lanes, rows, z1, mask, channels, info) -> np.ndarray:
+        """Mirror of push_pixels_context: the patches [n, 3, 32, 32] (padding not yet filled)."""
+        nets = self.model.nets
+        cmask = split_polyphase(mask)
+        ctx = np.full(cmask.shape, 128, dtype=np.int64)
+        grey = np.array([c == 1 for c in channels], dtype=bool)
+        trunk = nets.pixel_trunk(z1)
+        for s in range(4):
+            base, sidx = nets.pixel_stage(trunk, ctx, s)
+            for c in range(3):
+                if not cmask[:, s, c].any():  # grey patches code one channel
+                    continue
+                mean = nets.pixel_mean(base, ctx, s)[:, c]
+                sym = self._pop_family(lanes, rows, self.model.pixels, mean, sidx[:, c], cmask[:, s, c], info)
+                ctx[:, s, c] = np.where(cmask[:, s, c], sym, ctx[:, s, c])  # keeps 128 / a grey patch's copy
+                if c == 0 and grey.any():  # as context_pixels: a grey patch's G and B repeat its R
+                    ctx[grey, s, 1:] = ctx[grey, s, :1]
+        return merge_polyphase(ctx)
 
     def push_top(self, lanes, rows, z, info) -> None:
         self._push(lanes, rows, *self.model.top.encode_params(z), None, info)
@@ -261,7 +323,10 @@ class PatchCoder:
         L = self.model.cfg.n_layers
 
         def pixels(z1: np.ndarray) -> np.ndarray:
-            x = self.pop_below(lanes, rows, 1, z1, mask, info).astype(np.uint8)
+            if self.model.nets.pixel_context:
+                x = self.pop_pixels_context(lanes, rows, z1, mask, channels, info).astype(np.uint8)
+            else:
+                x = self.pop_below(lanes, rows, 1, z1, mask, info).astype(np.uint8)
             for i, ((h, w), c) in enumerate(zip(extents, channels)):
                 fill_padding(x[i], h, w, c)
             return x

@@ -134,13 +134,27 @@ class Trainer:
             os.fsync(fh.fileno())
         os.replace(tmp, self.run_dir / CHECKPOINT)
 
+    def init_from(self, checkpoint: Path) -> tuple[int, int]:
+        """Warm start: copy every weight of another run (its EMA) whose name and shape match
+        into both model and EMA; returns (tensors copied, tensors left at their fresh init)."""
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        own = self.model.state_dict()
+        match = {k: v for k, v in state["ema"].items() if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(match, strict=False)
+        self.ema.load_state_dict(match, strict=False)
+        return len(match), len(own) - len(match)
+
     @classmethod
-    def resume(cls, run_dir: Path, data: PatchSource, device: str | None = None) -> Trainer:
-        """Continue a run; ``device`` may move it (e.g. a CPU run continued on a GPU)."""
+    def resume(cls, run_dir: Path, data: PatchSource, device: str | None = None,
+               threads: int | None = None) -> Trainer:
+        """Continue a run; ``device`` may move it (e.g. a CPU run continued on a GPU), ``threads``
+        its torch thread count."""
         state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
         cfg = TrainConfig.from_dict(state["train_config"])
         if device is not None:
             cfg = replace(cfg, device=device)
+        if threads is not None:
+            cfg = replace(cfg, threads=threads)
         trainer = cls(cfg, run_dir, data)
         trainer.model.load_state_dict(state["model"])
         trainer.ema.load_state_dict(state["ema"])

@@ -14,7 +14,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".we
 
 
 def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: int, batch: int, width: int,
-              layers: int, device: str) -> Exit:
+              layers: int, device: str, pixel_context: bool = True, init: Path | None = None,
+              threads: int = 0) -> Exit:
     import torch
 
     from bswd.model.config import ModelConfig
@@ -38,16 +39,22 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
                 fail(f"{resume}: the run does not record its data folder; pass --data")
                 return Exit.USAGE
             data = data or Path(note.read_text().strip())
-            trainer = Trainer.resume(resume, PhotoPatches(data), device)
+            trainer = Trainer.resume(resume, PhotoPatches(data), device, threads or None)
         else:
             assert data is not None and out is not None
             if (out / CHECKPOINT).exists():
                 fail(f"{out}: already holds a run; use --resume {out}")
                 return Exit.FAILED
-            cfg = TrainConfig(steps=steps, batch=batch, device=device,
-                              model=ModelConfig(width=width, n_layers=layers))
+            if init is not None and not (init / CHECKPOINT).exists():
+                fail(f"--init {init}: no {CHECKPOINT} there")
+                return Exit.USAGE
+            cfg = TrainConfig(steps=steps, batch=batch, device=device, threads=threads,
+                              model=ModelConfig(width=width, n_layers=layers, pixel_context=pixel_context))
             out.mkdir(parents=True, exist_ok=True)
             trainer = Trainer(cfg, out, PhotoPatches(data))
+            if init is not None:
+                loaded, fresh = trainer.init_from(init / CHECKPOINT)
+                print(f"initialized {loaded} tensors from {init}; {fresh} start fresh", file=sys.stderr)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
         return Exit.FAILED

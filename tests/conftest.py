@@ -17,6 +17,7 @@ from bswd.model.quant import CodingModel, export_model, load_coding_model
 torch.set_num_threads(1)
 
 TINY = ModelConfig(n_layers=2, width=16, upsample_width=8, latent_channels=4)
+TINY_CONTEXT = ModelConfig(n_layers=2, width=16, latent_channels=4, pixel_context=True, context_width=8)
 
 
 def make_model_file(seed: int = 0, cfg: ModelConfig = TINY, model_id: str = "tiny-test") -> ModelFile:
@@ -34,6 +35,12 @@ def tiny_model_file() -> ModelFile:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_file: ModelFile) -> CodingModel:
     return load_coding_model(tiny_model_file)
+
+
+@pytest.fixture(scope="session")
+def context_model() -> CodingModel:
+    """A tiny random model with the pixel-context likelihood (cfg.pixel_context)."""
+    return load_coding_model(make_model_file(1, TINY_CONTEXT, "tiny-context-test"))
 
 
 @pytest.fixture()

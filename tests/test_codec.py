@@ -13,6 +13,12 @@ from bswd.engine import Engine, EngineConfig, StreamError
 from tests.conftest import noise
 
 
+@pytest.fixture(scope="module", params=["factorized", "pixel-context"])
+def tiny_model(request, tiny_model, context_model):
+    """Every test here runs with both pixel likelihoods."""
+    return tiny_model if request.param == "factorized" else context_model
+
+
 def lane_bytes(coded) -> list[bytes]:
     return [ln.heads.tobytes() + ln.words.tobytes() + bytes([ln.low_water % 256]) for c in coded for ln in c.lanes]
 

@@ -13,6 +13,12 @@ from tests.conftest import noise
 pytestmark = pytest.mark.skipif(not ans_kernels.AVAILABLE, reason="numba not installed")
 
 
+@pytest.fixture(scope="module", params=["factorized", "pixel-context"])
+def tiny_model(request, tiny_model, context_model):
+    """Every test here runs with both pixel likelihoods."""
+    return tiny_model if request.param == "factorized" else context_model
+
+
 @pytest.mark.parametrize("scheme", ["bitswap", "bbans"])
 @pytest.mark.parametrize("k", [7, 64])
 def test_compiled_and_numpy_paths_are_byte_identical(tiny_model, scheme, k):

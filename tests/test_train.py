@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -20,6 +21,7 @@ from tests.conftest import noise
 
 DATA = Path(__file__).parent / "data"
 SMALL = ModelConfig(n_layers=2, width=16, upsample_width=8, latent_channels=4)
+SMALL_CONTEXT = ModelConfig(n_layers=2, width=16, latent_channels=4, pixel_context=True, context_width=8)
 
 
 class CropPatches(PatchSource):
@@ -35,14 +37,15 @@ class CropPatches(PatchSource):
         return self.sampler.sample(n, np.random.default_rng(99))
 
 
-def config(steps: int, qat_start: float = 0.5) -> TrainConfig:
+def config(steps: int, qat_start: float = 0.5, model: ModelConfig = SMALL) -> TrainConfig:
     return TrainConfig(steps=steps, batch=16, val_every=1000, val_patches=64, qat_start=qat_start,
-                       checkpoint_minutes=1000, model=SMALL)
+                       checkpoint_minutes=1000, model=model)
 
 
-def test_a_few_steps_lower_the_loss(tmp_path):
+@pytest.mark.parametrize("model", [SMALL, SMALL_CONTEXT], ids=["factorized", "pixel-context"])
+def test_a_few_steps_lower_the_loss(tmp_path, model):
     data = CropPatches()
-    trainer = Trainer(config(60, qat_start=1.0), tmp_path, data)
+    trainer = Trainer(config(60, qat_start=1.0, model=model), tmp_path, data)
     before = evaluate(trainer.model, trainer.val_patches)
     trainer.run()
     after = evaluate(trainer.model, trainer.val_patches)
@@ -66,10 +69,11 @@ def test_resume_continues_the_same_run(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_export_codes_exactly(tmp_path):
+@pytest.mark.parametrize("model", [SMALL, SMALL_CONTEXT], ids=["factorized", "pixel-context"])
+def test_export_codes_exactly(tmp_path, model):
     from bswd.train_cmd import run_export
 
-    trainer = Trainer(config(4, qat_start=0.0), tmp_path / "run", CropPatches())
+    trainer = Trainer(config(4, qat_start=0.0, model=model), tmp_path / "run", CropPatches())
     trainer.run()
     assert run_export(tmp_path / "run", tmp_path / "m.bswm", "t") == 0
     from bswd.model.modelfile import read_model_file
@@ -78,6 +82,21 @@ def test_export_codes_exactly(tmp_path):
     engine = Engine(model, EngineConfig(min_patches_per_lane=1))
     img = noise(40, 40, seed=8)
     assert np.array_equal(engine.decode(engine.encode([img]))[0], img)
+
+
+def test_init_warm_starts_every_matching_tensor(tmp_path):
+    """`bswd train --init`: a pixel-context run starts from a factorized run's latent networks."""
+    data = CropPatches()
+    old = Trainer(config(2), tmp_path / "old", data)
+    old.run()
+    new = Trainer(config(2, model=SMALL_CONTEXT), tmp_path / "new", data)
+    copied, fresh = new.init_from(tmp_path / "old" / "checkpoint.pt")
+    own = new.model.state_dict()
+    heads = ("priors.0.from_", "priors.0.hidden", "priors.0.head", "priors.0.linear")
+    assert copied + fresh == len(own)
+    assert fresh == len([k for k in own if k.startswith(heads)]) > 0  # only the new pixel head
+    assert torch.equal(own["posteriors.0.stem.v"], old.ema.state_dict()["posteriors.0.stem.v"])
+    assert torch.equal(new.ema.state_dict()["priors.1.head.v"], old.ema.state_dict()["priors.1.head.v"])
 
 
 def test_eval_reports_the_sizes_of_the_files_it_writes(tmp_path):

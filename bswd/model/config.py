@@ -76,6 +76,12 @@ class ModelConfig:
     latent_in_bound: int = 1023
     pixel_in_frac: int = 7
     precision: int = 24
+    # p(x | z_1): False = one factorized logistic per sub-pixel (bswd-default-1/2); True = the
+    # pixel-context likelihood (net.PixelContextNet): four 2x2 polyphase stages, each channel
+    # conditioned on every pixel already decoded around it.
+    pixel_context: bool = False
+    context_width: int = 32
+    context_kernel: int = 5
     pixel_scales: ScaleGrid = ScaleGrid(math.log(0.02), math.log(64.0), 256)
     latent_scales: ScaleGrid = ScaleGrid(math.log(0.004), math.log(4.0), 256)
 

@@ -32,15 +32,21 @@ class IntConv:
     kernel: int
     stride: int
     padding: int
+    splits: tuple[int, ...] = ()  # column indices where the exact float32 sums are cut (see exact_splits)
 
     def accumulate(self, a: Tensor) -> Tensor:
         """a: float32 [B, cin, H, W] integer-valued -> int64 [B, cout, H', W']."""
         b, _, h, w = a.shape
         cols = F.unfold(a, self.kernel, padding=self.padding, stride=self.stride)  # [B, K, L]
-        acc = torch.matmul(self.weight, cols)  # [B, cout, L], exact (bounded at export)
+        if not self.splits:
+            acc = torch.matmul(self.weight, cols).to(torch.int64)  # [B, cout, L], exact (bounded at load)
+        else:  # each part's sum is exact in float32; the parts add in int64
+            cuts = (0, *self.splits, self.weight.shape[1])
+            acc = sum(torch.matmul(self.weight[:, i:j], cols[:, i:j]).to(torch.int64)
+                      for i, j in zip(cuts[:-1], cuts[1:]))
         ho = (h + 2 * self.padding - self.kernel) // self.stride + 1
         wo = (w + 2 * self.padding - self.kernel) // self.stride + 1
-        return acc.to(torch.int64).view(b, -1, ho, wo) + self.bias.view(1, -1, 1, 1)
+        return acc.view(b, -1, ho, wo) + self.bias.view(1, -1, 1, 1)
 
     def requant(self, acc: Tensor, lo: int, hi: int, offset: Tensor | int = 0) -> Tensor:
         m = self.mult.view(1, -1, 1, 1)
@@ -103,6 +109,68 @@ class IntCondNet:
         return self.head(h.to(torch.float32))
 
 
+WIDE_BOUND = 1 << 20  # as net.WIDE_BOUND: clamp of one branch before two are summed
+FIXED_BOUND = 1 << 62  # head outputs are fixed-point parameters, clamped only after the offset
+
+
+@dataclass
+class IntPixelContext:
+    """Integer twin of net.PixelContextNet: p(x | z_1) in four polyphase stages.
+
+    Pixel inputs are float32 (x - 128) [B, 12, 16, 16]: the four sub-lattices' channels in
+    POLYPHASE order; entries a stage may not see carry zero weight, so their values never matter.
+    """
+
+    stem: IntConv
+    blocks: list[tuple[IntConv, IntConv]]
+    from_latent: list[IntConv]
+    from_pixels: list[IntConv]  # stage s >= 1 uses [s - 1]
+    hidden: list[IntConv]
+    head: list[IntConv]  # 3 mean channels (fixed point) then 3 scale-index channels
+    linear: list[IntConv]  # 3 mean channels (fixed point)
+    act_bound: int
+    elu: Tensor
+    mean_offset: int
+    mean_min: int
+    mean_max: int
+    index_offset: int
+    index_max: int
+
+    def act_elu(self, a: Tensor) -> Tensor:
+        return self.elu[a + self.act_bound]
+
+    def conv_act(self, conv: IntConv, a: Tensor) -> Tensor:
+        return conv.requant(conv.accumulate(a.to(torch.float32)), -self.act_bound, self.act_bound)
+
+    def trunk(self, z: Tensor) -> Tensor:
+        bound = self.act_bound
+        h = self.stem.requant(self.stem.accumulate(z), -bound, bound)
+        for conv1, conv2 in self.blocks:
+            t = self.conv_act(conv1, self.act_elu(h))
+            t = self.conv_act(conv2, self.act_elu(t))
+            h = torch.clamp(h + t, -bound, bound)
+        return self.act_elu(h)
+
+    def stage(self, h: Tensor, pixels: Tensor, s: int) -> tuple[Tensor, Tensor]:
+        """(mean without the linear part and offset, scale index) of sub-lattice s, [B, 3, 16, 16]."""
+        conv = self.from_latent[s]
+        a = conv.requant(conv.accumulate(h.to(torch.float32)), -WIDE_BOUND, WIDE_BOUND)
+        if s > 0:
+            conv = self.from_pixels[s - 1]
+            a = a + conv.requant(conv.accumulate(pixels[:, : 3 * s]), -WIDE_BOUND, WIDE_BOUND)
+        a = self.act_elu(torch.clamp(a, -self.act_bound, self.act_bound))
+        a = self.act_elu(self.conv_act(self.hidden[s], a))
+        head = self.head[s]
+        out = head.requant(head.accumulate(a.to(torch.float32)), -FIXED_BOUND, FIXED_BOUND)
+        return out[:, :3], torch.clamp(out[:, 3:] + self.index_offset, 0, self.index_max)
+
+    def mean(self, pixels: Tensor, s: int, base: Tensor) -> Tensor:
+        """The fixed-point means of sub-lattice s: base plus the linear prediction from pixels."""
+        conv = self.linear[s]
+        lin = conv.requant(conv.accumulate(pixels[:, : 3 * (s + 1)]), -FIXED_BOUND, FIXED_BOUND)
+        return torch.clamp(base + lin + self.mean_offset, self.mean_min, self.mean_max)
+
+
 class IntegerModel:
     """The coding-time model: integer nets plus the lookup tables of the model file.
 
@@ -111,7 +179,7 @@ class IntegerModel:
     numpy int64 (mean, scale index); level 1's conditioning / output is the pixel patch.
     """
 
-    def __init__(self, cfg: ModelConfig, posteriors: list[IntCondNet], priors: list[IntCondNet],
+    def __init__(self, cfg: ModelConfig, posteriors: list[IntCondNet], priors: list[IntCondNet | IntPixelContext],
                  latent_centres: np.ndarray, device: str | torch.device = "cpu"):
         self.cfg = cfg
         self.n_layers = cfg.n_layers
@@ -142,9 +210,46 @@ class IntegerModel:
         """p(z_{level-1} | z_level); for level 1 the pixel parameters [B,3,32,32]."""
         return self._out(self.priors[level - 1](self._latent_input(z)))
 
+    # ---- the pixel-context likelihood (cfg.pixel_context): p(x | z_1) stage by stage ----------------
+    @property
+    def pixel_context(self) -> bool:
+        return isinstance(self.priors[0], IntPixelContext)
 
-def check_exact(conv: IntConv, in_bound: int) -> None:
-    """Refuse a conv whose float32 accumulation could be inexact for inputs up to in_bound."""
-    worst = float(conv.weight.abs().sum(dim=1).max()) * in_bound
-    if worst >= EXACT_FLOAT32:
-        raise ValueError(f"conv accumulation bound {worst:.0f} exceeds 2**24: not exact in float32")
+    def _pixels(self, ctx: np.ndarray) -> Tensor:
+        """Context pixels [B, 4, 3, 16, 16] (0..255) -> network input (x - 128) [B, 12, 16, 16]."""
+        n = ctx.shape[0]
+        return torch.from_numpy(ctx.reshape(n, 12, *ctx.shape[3:]).astype(np.float32) - 128.0).to(self.device)
+
+    @torch.inference_mode()
+    def pixel_trunk(self, z1: np.ndarray) -> Tensor:
+        """The stage-independent features of z_1 (kept on the device between stages)."""
+        return self.priors[0].trunk(self._latent_input(z1))
+
+    @torch.inference_mode()
+    def pixel_stage(self, trunk: Tensor, ctx: np.ndarray, s: int) -> tuple[Tensor, np.ndarray]:
+        """(base means on the device, scale indices [B, 3, 16, 16]) of sub-lattice s; ctx holds
+        the pixels decoded so far ([B, 4, 3, 16, 16], any value where not yet decoded)."""
+        base, index = self.priors[0].stage(trunk, self._pixels(ctx), s)
+        return base, index.cpu().numpy()
+
+    @torch.inference_mode()
+    def pixel_mean(self, base: Tensor, ctx: np.ndarray, s: int) -> np.ndarray:
+        """Fixed-point means [B, 3, 16, 16] of sub-lattice s; channel c's is final once ctx holds
+        the earlier sub-lattices and channels 0..c-1 of sub-lattice s."""
+        return self.priors[0].mean(self._pixels(ctx), s, base).cpu().numpy()
+
+
+def exact_splits(weight: np.ndarray, in_bound: int) -> tuple[int, ...]:
+    """Cut the K columns of an integer weight matrix [cout, K] into runs whose float32 dot products
+    with inputs up to in_bound in magnitude stay below 2**24, so every partial sum is exact; ()
+    when one run suffices (every int8 conv of a model: the common, fast case)."""
+    w = np.abs(weight.astype(np.int64)) * in_bound
+    if int(w.max(initial=0)) >= EXACT_FLOAT32:
+        raise ValueError("a single weight times the input bound exceeds 2**24: not exact in float32")
+    cuts, running = [], np.zeros(w.shape[0], dtype=np.int64)
+    for k in range(w.shape[1]):
+        if int((running + w[:, k]).max()) >= EXACT_FLOAT32:
+            cuts.append(k)
+            running[:] = 0
+        running += w[:, k]
+    return tuple(cuts)

@@ -120,6 +120,103 @@ class CondNet(nn.Module):
         return out[:, : self.out_ch], out[:, self.out_ch :]
 
 
+POLYPHASE = ((0, 0), (1, 1), (0, 1), (1, 0))  # (dy, dx) of the 2x2 sub-lattices, in decoding order
+WIDE_BOUND = 1 << 20  # clamp of a branch before two branches are summed (activation units)
+LINEAR_WEIGHT_BOUND = 2047  # 12-bit weights for the linear pixel predictor: means need precision
+
+
+def split_polyphase(x: Tensor) -> list[Tensor]:
+    """[B, C, 32, 32] -> the four [B, C, 16, 16] sub-lattices in POLYPHASE order."""
+    return [x[:, :, dy::2, dx::2] for dy, dx in POLYPHASE]
+
+
+def merge_polyphase(parts: list[Tensor]) -> Tensor:
+    b, c, h, w = parts[0].shape
+    out = parts[0].new_empty((b, c, 2 * h, 2 * w))
+    for (dy, dx), part in zip(POLYPHASE, parts):
+        out[:, :, dy::2, dx::2] = part
+    return out
+
+
+def context_mask(stage: int, kernel: int) -> Tensor:
+    """Which inputs output channel c of stage ``stage``'s linear predictor may see: every channel of
+    the earlier stages' sub-lattices, and the channels below c of its own (decoded just before)."""
+    mask = torch.zeros(3, 3 * (stage + 1), kernel, kernel)
+    mask[:, : 3 * stage] = 1.0
+    for c in range(3):
+        mask[c, 3 * stage : 3 * stage + c] = 1.0
+    return mask
+
+
+class MaskedQConv(QConv):
+    """QConv whose weights are zero outside a fixed mask (a causal linear predictor)."""
+
+    def __init__(self, mask: Tensor, gain: float = 1.0):
+        cout, cin, k, _ = mask.shape
+        super().__init__(cin, cout, k, gain=gain)
+        self.register_buffer("mask", mask)
+
+    def float_weight(self) -> Tensor:
+        v = self.v * self.mask
+        norm = v.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return v * (self.g / norm).view(-1, 1, 1, 1)
+
+
+class PixelContextNet(nn.Module):
+    """p(x | z_1) with pixel context: x is split into four 2x2 polyphase sub-lattices (POLYPHASE),
+    decoded one after another, and within a sub-lattice R, then G, then B. Stage s sees z_1 through
+    a trunk at 16x16, the earlier sub-lattices through a small conv net (scales and nonlinear mean
+    corrections), and every already-decoded pixel through a masked linear predictor whose output
+    is added to the mean at full precision (12-bit weights, no activation grid in between).
+    Trained teacher-forced: all stages at once from the true pixels.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.quant = False
+        w, m = cfg.width, cfg.context_width
+        self.stem = QConv(cfg.latent_channels, w, 3)
+        self.blocks = nn.ModuleList(ResBlock(w) for _ in range(cfg.res_blocks))
+        self.from_latent = nn.ModuleList(QConv(w, m, 3) for _ in range(4))
+        self.from_pixels = nn.ModuleList(QConv(3 * s, m, 3) for s in range(1, 4))  # stage s uses [s - 1]
+        self.hidden = nn.ModuleList(QConv(m, m, 3) for _ in range(4))
+        self.head = nn.ModuleList(QConv(m, 6, 3, gain=0.1) for _ in range(4))
+        self.linear = nn.ModuleList(MaskedQConv(context_mask(s, cfg.context_kernel), gain=0.1) for s in range(4))
+
+    def act(self, x: Tensor, bound: int | None = None) -> Tensor:
+        cfg = self.cfg
+        return fake_quant(x, cfg.act_frac, bound or cfg.act_bound) if self.quant else x
+
+    def trunk(self, z: Tensor) -> Tensor:
+        cfg = self.cfg
+        h = self.act(self.stem(z, cfg.latent_in_frac, cfg.weight_bound, self.quant))
+        for block in self.blocks:
+            h = block(h, self)
+        return self.act(F.elu(h))
+
+    def stage(self, h: Tensor, pixels: list[Tensor], s: int) -> tuple[Tensor, Tensor]:
+        """Raw (mean, log-scale) [B, 3, 16, 16] of sub-lattice s; pixels: network inputs of the
+        sub-lattices 0..s (only channels the mask allows are used from sub-lattice s)."""
+        cfg, q, wb = self.cfg, self.quant, self.cfg.weight_bound
+        a = self.act(self.from_latent[s](h, cfg.act_frac, wb, q), WIDE_BOUND)
+        if s > 0:
+            ctx = torch.cat(pixels[:s], dim=1)
+            a = a + self.act(self.from_pixels[s - 1](ctx, cfg.pixel_in_frac, wb, q), WIDE_BOUND)
+        a = self.act(F.elu(self.act(a)))
+        a = self.act(F.elu(self.act(self.hidden[s](a, cfg.act_frac, wb, q))))
+        out = self.head[s](a, cfg.act_frac, wb, q)
+        linear = self.linear[s](torch.cat(pixels[: s + 1], dim=1), cfg.pixel_in_frac, LINEAR_WEIGHT_BOUND, q)
+        return out[:, :3] + linear, out[:, 3:]
+
+    def forward(self, z: Tensor, pixel_input: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced raw (mean, log-scale) maps [B, 3, 32, 32] for every pixel."""
+        h = self.trunk(z)
+        pixels = split_polyphase(pixel_input)
+        outs = [self.stage(h, pixels, s) for s in range(4)]
+        return merge_polyphase([m for m, _ in outs]), merge_polyphase([s for _, s in outs])
+
+
 def head_params(raw_mean: Tensor, raw_logscale: Tensor, spec: HeadSpec, quant: bool) -> tuple[Tensor, Tensor]:
     """Raw head maps -> (mean, log-scale) exactly as the integer head will compute them."""
     mean = torch.clamp(spec.mean_offset + spec.mean_gain * raw_mean, spec.mean_min, spec.mean_max)
@@ -165,8 +262,9 @@ class BitSwapVAE(nn.Module):
             [CondNet(cfg, 3, cfg.pixel_in_frac, zc, "down")]
             + [CondNet(cfg, zc, cfg.latent_in_frac, zc, "same") for _ in range(cfg.n_layers - 1)]
         )
+        pixel_net = PixelContextNet(cfg) if cfg.pixel_context else CondNet(cfg, zc, cfg.latent_in_frac, 3, "up")
         self.priors = nn.ModuleList(
-            [CondNet(cfg, zc, cfg.latent_in_frac, 3, "up")]
+            [pixel_net]
             + [CondNet(cfg, zc, cfg.latent_in_frac, zc, "same") for _ in range(cfg.n_layers - 1)]
         )
         self.set_quant(False)
@@ -207,7 +305,10 @@ class BitSwapVAE(nn.Module):
             samples.append(z)
             cond = self.latent_input(z)
         for i in range(cfg.n_layers):
-            m, s = self.priors[i](self.latent_input(samples[i]))
+            if i == 0 and cfg.pixel_context:
+                m, s = self.priors[0](self.latent_input(samples[0]), self.pixel_input(x))
+            else:
+                m, s = self.priors[i](self.latent_input(samples[i]))
             if i == 0:
                 mean, logscale = head_params(m, s, cfg.pixel_head, q)
                 recon = discretized_logistic_logp(x, mean, logscale)
