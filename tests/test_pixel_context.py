@@ -132,3 +132,13 @@ def test_a_mixed_batch_of_grey_and_colour_edge_patches_round_trips(context_model
     for scheme in ("bitswap", "bbans"):
         back = engine.decode(engine.encode(planes, scheme))
         assert all(np.array_equal(a, b) for a, b in zip(planes, back))
+
+
+@pytest.mark.parametrize("stage", range(4))
+def test_the_starting_predictor_only_reads_decoded_pixels(stage):
+    from bswd.model.net import context_mask, interpolation_weights
+
+    w = interpolation_weights(stage, 5)
+    assert not ((w != 0) & (context_mask(stage, 5) == 0)).any()
+    sums = w.flatten(1).sum(1)  # predicts a flat patch exactly
+    assert torch.allclose(sums, torch.tensor([0.0 if stage == 0 else 1.0, 1.0, 1.0]))

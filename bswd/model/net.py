@@ -148,6 +148,37 @@ def context_mask(stage: int, kernel: int) -> Tensor:
     return mask
 
 
+# (stage, dy, dx) of the four nearest decoded neighbours of each stage's pixels, in the 16x16
+# grid offsets of the stage they belong to (see POLYPHASE)
+_NEIGHBOURS = {
+    1: [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)],  # (1,1): the diagonal (0,0) pixels
+    2: [(0, 0, 0), (0, 0, 1), (1, -1, 0), (1, 0, 0)],  # (0,1): (0,0) left/right, (1,1) above/below
+    3: [(0, 0, 0), (0, 1, 0), (1, 0, -1), (1, 0, 0)],  # (1,0): (0,0) above/below, (1,1) left/right
+}
+
+
+def interpolation_weights(stage: int, kernel: int) -> Tensor:
+    """A sensible start for the linear predictor [3, 3(stage+1), k, k]: R is the mean of its four
+    nearest decoded neighbours; G is this pixel's R plus the neighbours' mean G - R, B the same
+    from G (the colour-difference prediction of lossless image coders). Stage 0 has no
+    neighbours: its G and B start from R and G of the same pixel."""
+    w = torch.zeros(3, 3 * (stage + 1), kernel, kernel)
+    mid = kernel // 2
+    own = 3 * stage
+    if stage == 0:
+        w[1, own + 0, mid, mid] = 1.0
+        w[2, own + 1, mid, mid] = 1.0
+        return w
+    for c in range(3):
+        for st, dy, dx in _NEIGHBOURS[stage]:
+            w[c, 3 * st + c, mid + dy, mid + dx] += 0.25
+            if c > 0:
+                w[c, 3 * st + c - 1, mid + dy, mid + dx] -= 0.25
+        if c > 0:
+            w[c, own + c - 1, mid, mid] += 1.0
+    return w
+
+
 class MaskedQConv(QConv):
     """QConv whose weights are zero outside a fixed mask (a causal linear predictor)."""
 
@@ -182,7 +213,14 @@ class PixelContextNet(nn.Module):
         self.from_pixels = nn.ModuleList(QConv(3 * s, m, 3) for s in range(1, 4))  # stage s uses [s - 1]
         self.hidden = nn.ModuleList(QConv(m, m, 3) for _ in range(4))
         self.head = nn.ModuleList(QConv(m, 6, 3, gain=0.1) for _ in range(4))
-        self.linear = nn.ModuleList(MaskedQConv(context_mask(s, cfg.context_kernel), gain=0.1) for s in range(4))
+        self.linear = nn.ModuleList(MaskedQConv(context_mask(s, cfg.context_kernel)) for s in range(4))
+        with torch.no_grad():
+            for s, conv in enumerate(self.linear):
+                w = interpolation_weights(s, cfg.context_kernel)
+                conv.v.copy_(w)
+                conv.g.copy_(w.flatten(1).norm(dim=1).clamp_min(1e-3))
+            for head in self.head:  # the mean starts as the linear prediction alone
+                head.g[:3] = 1e-3
 
     def act(self, x: Tensor, bound: int | None = None) -> Tensor:
         cfg = self.cfg
