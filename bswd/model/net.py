@@ -219,8 +219,14 @@ class PixelContextNet(nn.Module):
                 w = interpolation_weights(s, cfg.context_kernel)
                 conv.v.copy_(w)
                 conv.g.copy_(w.flatten(1).norm(dim=1).clamp_min(1e-3))
-            for head in self.head:  # the mean starts as the linear prediction alone
-                head.g[:3] = 1e-3
+            # The mean starts as the linear prediction alone (+0.5: the pixel head's mean is
+            # 127.5 + 127.5 * raw), scales near what such predictions need (stage 0 has only z_1).
+            # Left to Adam, the scale biases alone took over a thousand steps to get there.
+            pixel_logscale = cfg.pixel_head.logscale_offset
+            for s, head in enumerate(self.head):
+                head.g[:] = 1e-3
+                head.b[:3] = 0.5 / cfg.pixel_head.mean_gain
+                head.b[3:] = math.log(16.0 if s == 0 else 3.0) - pixel_logscale
 
     def act(self, x: Tensor, bound: int | None = None) -> Tensor:
         cfg = self.cfg
