@@ -120,12 +120,15 @@ def train(
     pixel_context: bool = typer.Option(True, help="Pixel-context likelihood (polyphase stages) instead of a factorized one."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start a new run from another run's weights (every tensor whose name and shape match)."),
     threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
+    qat_from: float = typer.Option(0.3, "--qat-from", min=0.0, max=1.0,
+                                   help="Fraction of the steps trained in plain float before quantization-aware training "
+                                        "(a run started with --init from a trained model needs little float time)."),
 ) -> None:
     """Train a model (resumable: checkpoints every few minutes)."""
     from bswd.train_cmd import run_train
 
     raise typer.Exit(int(run_train(data, out, resume, steps, batch, width, layers, device,
-                                   pixel_context=pixel_context, init=init, threads=threads)))
+                                   pixel_context=pixel_context, init=init, threads=threads, qat_from=qat_from)))
 
 
 @app.command()

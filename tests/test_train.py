@@ -113,3 +113,16 @@ def test_eval_reports_the_sizes_of_the_files_it_writes(tmp_path):
     size = (tmp_path / "out" / "home_64x64.png.bsw").stat().st_size
     assert re.match(r"home_64x64\.png\s+64x64", row)
     assert abs(bswd_bpd - 8 * size / (64 * 64 * 3)) < 5e-4
+
+
+def test_cli_run_records_its_quantization_start(tmp_path):
+    """`bswd train --qat-from`: the run folder's config says when quantization-aware training began."""
+    import json
+
+    res = CliRunner().invoke(app, ["train", "--data", str(DATA), "--out", str(tmp_path / "run"), "--steps", "2",
+                                   "--batch", "4", "--width", "8", "--layers", "2", "--no-pixel-context",
+                                   "--threads", "1", "--qat-from", "0.5"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["qat_start"] == 0.5 and saved["steps"] == 2
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
