@@ -41,8 +41,11 @@ def test_grey_planes_code_one_channel(make_engine):
     coded = round_trip(make_engine(), [grey])
     assert coded[0].channels == 1
     rgb = np.repeat(grey, 3, axis=2)
-    # one channel costs far less than three copies of it
-    assert coded[0].info_bits < 0.5 * make_engine().encode([rgb])[0].info_bits
+    engine = make_engine()
+    # one channel costs less than three copies of it; far less when the likelihood codes the three
+    # independently (a pixel-context likelihood predicts G and B from R, so copies are cheap there)
+    bound = 1.0 if engine.model.cfg.pixel_context else 0.5
+    assert coded[0].info_bits < bound * engine.encode([rgb])[0].info_bits
 
 
 @pytest.mark.parametrize("scheme", ["bitswap", "bbans"])
@@ -128,7 +131,8 @@ def test_padding_costs_no_bits(make_engine):
     """A 33x17 image and the same pixels padded differently inside the codec cost the same: only
     real pixels are coded (the masked likelihood)."""
     engine = make_engine()
-    img = noise(33, 17, seed=5)
-    coded = engine.encode([img])[0]
-    pixels = 33 * 17 * 3
-    assert coded.info_bits < pixels * 8 * 1.6  # noise costs ~8 bits/dim, not 1024/561 as much
+    edge = engine.encode([noise(33, 17, seed=5)])[0].info_bits / (33 * 17 * 3)
+    full = engine.encode([noise(64, 64, seed=5)])[0].info_bits / (64 * 64 * 3)
+    # per real dim, an image of two mostly-padding patches costs what whole patches of the same
+    # noise do (were padding coded, 2 * 1024 / 561 = 3.7 times as much)
+    assert 0.9 * full < edge < 1.1 * full
