@@ -9,7 +9,7 @@ import torch
 
 from bswd.codec import context_pixels, merge_polyphase, patch_mask, split_polyphase
 from bswd.engine import Engine, EngineConfig
-from bswd.model.integer import EXACT_FLOAT32, IntConv, exact_splits
+from bswd.model.integer import EXACT_FLOAT32, IntConv, cpu_conv_is_exact, exact_splits
 from bswd.model.modelfile import ModelFile
 from bswd.model.net import BitSwapVAE, head_params
 from bswd.model.quant import export_model, load_coding_model
@@ -94,22 +94,30 @@ def test_integer_twin_computes_the_float_network():
 
 def test_wide_weights_are_cut_into_exact_sums():
     rng = np.random.default_rng(2)
-    w = rng.integers(-2047, 2048, (3, 300)).astype(np.int16)
-    cuts = exact_splits(w, 128)
-    assert cuts  # one float32 sum could reach 300 * 2047 * 128 > 2**24
+    w = rng.integers(-2047, 2048, (3, 300)).astype(np.int16)  # 12 input channels x 5 x 5
+    cuts = exact_splits(w, 128, kernel=5)
+    assert cuts and all(c % 25 == 0 for c in cuts)  # whole input channels: conv2d can take the parts
     bounds = np.abs(w.astype(np.int64)) * 128
     edges = (0, *cuts, 300)
     assert all(bounds[:, i:j].sum(1).max() < EXACT_FLOAT32 for i, j in zip(edges[:-1], edges[1:]))
-    assert exact_splits(np.full((2, 9), 127, np.int8), 128) == ()
-    # the split conv equals int64 arithmetic on inputs at the bound
+    assert exact_splits(np.full((2, 9), 127, np.int8), 128, kernel=3) == ()
+    # the split conv equals int64 arithmetic on inputs at the bound, on the CPU conv2d path and on
+    # the im2col path (the one CUDA takes; the CPU takes it too whenever NNPACK is switched on)
     a = rng.integers(-128, 128, (2, 12, 16, 16)).astype(np.float32)
     conv = IntConv(torch.from_numpy(w.astype(np.float32)), torch.zeros(3, dtype=torch.int64),
                    torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64), 5, 1, 2, cuts)
     cols = torch.nn.functional.unfold(torch.from_numpy(a).double(), 5, padding=2)
     exact = torch.einsum("ok,bkl->bol", torch.from_numpy(w.astype(np.float64)), cols).round().long()
+    assert cpu_conv_is_exact()
     assert torch.equal(conv.accumulate(torch.from_numpy(a)).flatten(2), exact)
+    with torch.backends.nnpack.flags(enabled=True):
+        assert not cpu_conv_is_exact()
+        assert torch.equal(conv.accumulate(torch.from_numpy(a)).flatten(2), exact)
     with pytest.raises(ValueError, match="2\\*\\*24"):
         exact_splits(np.array([[1 << 17]], dtype=np.int64), 128)
+    with pytest.raises(ValueError, match="input-channel boundaries"):
+        IntConv(torch.from_numpy(w.astype(np.float32)), torch.zeros(3, dtype=torch.int64),
+                torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64), 5, 1, 2, (30,))
 
 
 def test_model_file_keeps_the_wide_predictor_weights():

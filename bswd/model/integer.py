@@ -1,10 +1,13 @@
 """Exact integer inference of an exported Bit-Swap model (the coding-time network).
 
-Every tensor holds integers. Convolutions are im2col + float32 matmul on integer values whose
-partial sums stay below 2**24 in magnitude (checked at export), so every addition is exact in any
-order, on any device, at any batch size; never a Winograd or FFT algorithm. Requantization is an
-int64 multiply, add and arithmetic shift; ELU is a lookup table. The outputs are integer
-distribution parameters: a fixed-point mean and an index into a scale grid.
+Every tensor holds integers. Convolutions are float32 sums of products of integer values whose
+partial sums stay below 2**24 in magnitude (wider sums are cut into such parts at input-channel
+boundaries), so every addition is exact in any order, on any device, at any batch size, as long as
+the algorithm multiplies and adds the integers themselves: never Winograd, FFT or reduced precision.
+On CUDA that means im2col + matmul (cuDNN may pick Winograd or TF32); on the CPU, oneDNN's direct
+convolution or torch's own im2col (2-3x faster than our im2col at these sizes), with NNPACK (Winograd)
+switched off. Requantization is an int64 multiply, add and arithmetic shift; ELU is a lookup table.
+The outputs are integer distribution parameters: a fixed-point mean and an index into a scale grid.
 """
 
 from __future__ import annotations
@@ -20,6 +23,16 @@ from bswd.model.config import ModelConfig
 
 EXACT_FLOAT32 = 1 << 24  # integers below this add exactly in float32
 
+# NNPACK's CPU convolutions are Winograd/FFT (not exact); torch would pick it only with oneDNN off and
+# batches >= 16, but bswd owns its process, so it is off for good. Checked again before every conv.
+torch.backends.nnpack.set_flags(False)
+
+
+def cpu_conv_is_exact() -> bool:
+    """Whether F.conv2d on the CPU multiplies and adds in full float32 right now."""
+    return (not torch._C._get_nnpack_enabled() and torch.get_float32_matmul_precision() == "highest"
+            and torch.backends.mkldnn.conv.fp32_precision in ("none", "ieee"))
+
 
 @dataclass
 class IntConv:
@@ -34,8 +47,36 @@ class IntConv:
     padding: int
     splits: tuple[int, ...] = ()  # column indices where the exact float32 sums are cut (see exact_splits)
 
+    def __post_init__(self) -> None:
+        cout, cols = self.weight.shape
+        self.kernel4 = self.weight.view(cout, cols // self.kernel**2, self.kernel, self.kernel)
+        per_channel = self.kernel**2
+        if any(c % per_channel for c in self.splits):
+            raise ValueError("exact float32 parts must be cut at input-channel boundaries")
+        self.channel_cuts = (0, *(c // per_channel for c in self.splits), cols // per_channel)
+        # requantization with the bias folded in: ((acc + b) * m + 2**(s-1)) >> s, one add fewer
+        # (int64 wraps the same way either way, so the result is the same bits)
+        self._mult = self.mult.view(1, -1, 1, 1)
+        self._shift = self.shift.view(1, -1, 1, 1)
+        self._added = (self.bias * self.mult + (1 << (self.shift - 1))).view(1, -1, 1, 1)
+
+    def __call__(self, a: Tensor, lo: int, hi: int) -> Tensor:
+        """The requantized conv output clamped to [lo, hi] (int64); a: float32 integer-valued."""
+        out = torch.bitwise_right_shift(self._products(a) * self._mult + self._added, self._shift)
+        return torch.clamp(out, lo, hi)
+
     def accumulate(self, a: Tensor) -> Tensor:
-        """a: float32 [B, cin, H, W] integer-valued -> int64 [B, cout, H', W']."""
+        """a: float32 [B, cin, H, W] integer-valued -> int64 [B, cout, H', W'] (bias included)."""
+        return self._products(a) + self.bias.view(1, -1, 1, 1)
+
+    def _products(self, a: Tensor) -> Tensor:
+        """The integer sums of products, without the bias, int64."""
+        if a.device.type == "cpu" and cpu_conv_is_exact():
+            if not self.splits:
+                return F.conv2d(a, self.kernel4, stride=self.stride, padding=self.padding).to(torch.int64)
+            cuts = self.channel_cuts
+            return sum(F.conv2d(a[:, i:j], self.kernel4[:, i:j], stride=self.stride, padding=self.padding)
+                       .to(torch.int64) for i, j in zip(cuts[:-1], cuts[1:]))
         b, _, h, w = a.shape
         cols = F.unfold(a, self.kernel, padding=self.padding, stride=self.stride)  # [B, K, L]
         if not self.splits:
@@ -46,15 +87,7 @@ class IntConv:
                       for i, j in zip(cuts[:-1], cuts[1:]))
         ho = (h + 2 * self.padding - self.kernel) // self.stride + 1
         wo = (w + 2 * self.padding - self.kernel) // self.stride + 1
-        return acc.view(b, -1, ho, wo) + self.bias.view(1, -1, 1, 1)
-
-    def requant(self, acc: Tensor, lo: int, hi: int, offset: Tensor | int = 0) -> Tensor:
-        m = self.mult.view(1, -1, 1, 1)
-        s = self.shift.view(1, -1, 1, 1)
-        out = torch.bitwise_right_shift(acc * m + torch.bitwise_left_shift(torch.ones_like(s), s - 1), s)
-        if isinstance(offset, Tensor):
-            offset = offset.view(1, -1, 1, 1)
-        return torch.clamp(out + offset, lo, hi)
+        return acc.view(b, -1, ho, wo)
 
 
 @dataclass
@@ -70,8 +103,7 @@ class IntHead:
     index_max: int
 
     def __call__(self, a: Tensor) -> tuple[Tensor, Tensor]:
-        acc = self.conv.accumulate(a)
-        out = self.conv.requant(acc, -(1 << 62), 1 << 62)
+        out = self.conv(a, -(1 << 62), 1 << 62)
         mean = torch.clamp(out[:, : self.out_ch] + self.mean_offset, self.mean_min, self.mean_max)
         index = torch.clamp(out[:, self.out_ch :] + self.index_offset, 0, self.index_max)
         return mean, index
@@ -88,16 +120,20 @@ class IntCondNet:
     act_bound: int
     elu: Tensor  # int64 [2 * act_bound + 1]: elu on the activation grid
 
+    def __post_init__(self) -> None:
+        self.elu_input = self.elu.to(torch.float32)  # exact: |elu| <= act_bound < 2**24
+
     def act_elu(self, a: Tensor) -> Tensor:
-        return self.elu[a + self.act_bound]
+        """elu of int64 activations, as the float32 a conv takes."""
+        return self.elu_input[a + self.act_bound]
 
     def conv_act(self, conv: IntConv, a: Tensor) -> Tensor:
-        return conv.requant(conv.accumulate(a.to(torch.float32)), -self.act_bound, self.act_bound)
+        return conv(a, -self.act_bound, self.act_bound)
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: float32 integer-valued input -> (mean int64, scale index int64)."""
         bound = self.act_bound
-        h = self.stem.requant(self.stem.accumulate(x), -bound, bound)
+        h = self.stem(x, -bound, bound)
         for conv1, conv2 in self.blocks:
             t = self.conv_act(conv1, self.act_elu(h))
             t = self.conv_act(conv2, self.act_elu(t))
@@ -106,7 +142,7 @@ class IntCondNet:
         if self.up is not None:
             h = self.conv_act(self.up, h)
             h = self.act_elu(F.pixel_shuffle(h, 2))
-        return self.head(h.to(torch.float32))
+        return self.head(h)
 
 
 WIDE_BOUND = 1 << 20  # as net.WIDE_BOUND: clamp of one branch before two are summed
@@ -136,15 +172,19 @@ class IntPixelContext:
     index_offset: int
     index_max: int
 
+    def __post_init__(self) -> None:
+        self.elu_input = self.elu.to(torch.float32)
+
     def act_elu(self, a: Tensor) -> Tensor:
-        return self.elu[a + self.act_bound]
+        """elu of int64 activations, as the float32 a conv takes."""
+        return self.elu_input[a + self.act_bound]
 
     def conv_act(self, conv: IntConv, a: Tensor) -> Tensor:
-        return conv.requant(conv.accumulate(a.to(torch.float32)), -self.act_bound, self.act_bound)
+        return conv(a, -self.act_bound, self.act_bound)
 
     def trunk(self, z: Tensor) -> Tensor:
         bound = self.act_bound
-        h = self.stem.requant(self.stem.accumulate(z), -bound, bound)
+        h = self.stem(z, -bound, bound)
         for conv1, conv2 in self.blocks:
             t = self.conv_act(conv1, self.act_elu(h))
             t = self.conv_act(conv2, self.act_elu(t))
@@ -154,20 +194,20 @@ class IntPixelContext:
     def stage(self, h: Tensor, pixels: Tensor, s: int) -> tuple[Tensor, Tensor]:
         """(mean without the linear part and offset, scale index) of sub-lattice s, [B, 3, 16, 16]."""
         conv = self.from_latent[s]
-        a = conv.requant(conv.accumulate(h.to(torch.float32)), -WIDE_BOUND, WIDE_BOUND)
+        a = conv(h, -WIDE_BOUND, WIDE_BOUND)
         if s > 0:
             conv = self.from_pixels[s - 1]
-            a = a + conv.requant(conv.accumulate(pixels[:, : 3 * s]), -WIDE_BOUND, WIDE_BOUND)
+            a = a + conv(pixels[:, : 3 * s], -WIDE_BOUND, WIDE_BOUND)
         a = self.act_elu(torch.clamp(a, -self.act_bound, self.act_bound))
         a = self.act_elu(self.conv_act(self.hidden[s], a))
         head = self.head[s]
-        out = head.requant(head.accumulate(a.to(torch.float32)), -FIXED_BOUND, FIXED_BOUND)
+        out = head(a, -FIXED_BOUND, FIXED_BOUND)
         return out[:, :3], torch.clamp(out[:, 3:] + self.index_offset, 0, self.index_max)
 
     def mean(self, pixels: Tensor, s: int, base: Tensor) -> Tensor:
         """The fixed-point means of sub-lattice s: base plus the linear prediction from pixels."""
         conv = self.linear[s]
-        lin = conv.requant(conv.accumulate(pixels[:, : 3 * (s + 1)]), -FIXED_BOUND, FIXED_BOUND)
+        lin = conv(pixels[:, : 3 * (s + 1)], -FIXED_BOUND, FIXED_BOUND)
         return torch.clamp(base + lin + self.mean_offset, self.mean_min, self.mean_max)
 
 
@@ -239,17 +279,20 @@ class IntegerModel:
         return self.priors[0].mean(self._pixels(ctx), s, base).cpu().numpy()
 
 
-def exact_splits(weight: np.ndarray, in_bound: int) -> tuple[int, ...]:
-    """Cut the K columns of an integer weight matrix [cout, K] into runs whose float32 dot products
-    with inputs up to in_bound in magnitude stay below 2**24, so every partial sum is exact; ()
-    when one run suffices (every int8 conv of a model: the common, fast case)."""
-    w = np.abs(weight.astype(np.int64)) * in_bound
+def exact_splits(weight: np.ndarray, in_bound: int, kernel: int = 1) -> tuple[int, ...]:
+    """Cut the K = cin * kernel**2 columns of an integer weight matrix [cout, K], at input-channel
+    boundaries, into runs whose float32 dot products with inputs up to in_bound in magnitude stay
+    below 2**24, so every partial sum is exact in any order; () when one run suffices (every int8
+    conv of a model: the common, fast case)."""
+    cout, k_cols = weight.shape
+    per_channel = kernel * kernel
+    w = (np.abs(weight.astype(np.int64)) * in_bound).reshape(cout, k_cols // per_channel, per_channel).sum(axis=2)
     if int(w.max(initial=0)) >= EXACT_FLOAT32:
-        raise ValueError("a single weight times the input bound exceeds 2**24: not exact in float32")
-    cuts, running = [], np.zeros(w.shape[0], dtype=np.int64)
-    for k in range(w.shape[1]):
-        if int((running + w[:, k]).max()) >= EXACT_FLOAT32:
-            cuts.append(k)
+        raise ValueError("one input channel's kernel times the input bound exceeds 2**24: not exact in float32")
+    cuts, running = [], np.zeros(cout, dtype=np.int64)
+    for c in range(w.shape[1]):
+        if int((running + w[:, c]).max()) >= EXACT_FLOAT32:
+            cuts.append(c * per_channel)
             running[:] = 0
-        running += w[:, k]
+        running += w[:, c]
     return tuple(cuts)

@@ -170,7 +170,7 @@ def _load_conv(t: dict[str, np.ndarray], name: str, kernel: int, stride: int, in
     pad = (kernel - 1) // 2 if stride == 1 else (kernel - stride) // 2
     return IntConv(torch.from_numpy(w.astype(np.float32)).to(device), torch.from_numpy(b).to(device),
                    torch.from_numpy(m).to(device), torch.from_numpy(s).to(device), kernel, stride, pad,
-                   exact_splits(w, in_bound))
+                   exact_splits(w, in_bound, kernel))
 
 
 def _load_net(t: dict[str, np.ndarray], cfg: ModelConfig, spec: HeadSpec, prefix: str, mode: str,
