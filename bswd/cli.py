@@ -116,6 +116,8 @@ def train(
     batch: int = typer.Option(64, help="Patches per step."),
     width: int = typer.Option(48, help="Channels of the ResNets."),
     layers: int = typer.Option(3, help="Latent layers."),
+    latent_channels: int = typer.Option(8, help="Channels of each 16x16 latent layer."),
+    context_width: int = typer.Option(32, help="Channels of the pixel-context stages' conv nets."),
     device: str = typer.Option("cpu", help="cpu or cuda (a resumed run may move to another device)."),
     pixel_context: bool = typer.Option(True, help="Pixel-context likelihood (polyphase stages) instead of a factorized one."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start a new run from another run's weights (every tensor whose name and shape match)."),
@@ -128,7 +130,8 @@ def train(
     from bswd.train_cmd import run_train
 
     raise typer.Exit(int(run_train(data, out, resume, steps, batch, width, layers, device,
-                                   pixel_context=pixel_context, init=init, threads=threads, qat_from=qat_from)))
+                                   pixel_context=pixel_context, init=init, threads=threads, qat_from=qat_from,
+                                   latent_channels=latent_channels, context_width=context_width)))
 
 
 @app.command()

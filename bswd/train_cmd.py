@@ -15,7 +15,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".we
 
 def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: int, batch: int, width: int,
               layers: int, device: str, pixel_context: bool = True, init: Path | None = None,
-              threads: int = 0, qat_from: float = 0.3) -> Exit:
+              threads: int = 0, qat_from: float = 0.3, latent_channels: int = 8, context_width: int = 32) -> Exit:
     import torch
 
     from bswd.model.config import ModelConfig
@@ -49,7 +49,8 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
                 fail(f"--init {init}: no {CHECKPOINT} there")
                 return Exit.USAGE
             cfg = TrainConfig(steps=steps, batch=batch, device=device, threads=threads, qat_start=qat_from,
-                              model=ModelConfig(width=width, n_layers=layers, pixel_context=pixel_context))
+                              model=ModelConfig(width=width, n_layers=layers, pixel_context=pixel_context,
+                                                latent_channels=latent_channels, context_width=context_width))
             out.mkdir(parents=True, exist_ok=True)
             trainer = Trainer(cfg, out, PhotoPatches(data))
             if init is not None:
