@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from bswd.classical import compare
@@ -47,10 +48,14 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--side", type=int, default=512)
     ap.add_argument("--lanes", default="1,2,4,8,16")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     mf = read_model_file(args.model or default_model_path())
     model = load_coding_model(mf)
     engine = Engine(model, EngineConfig())
+    engine.decode(engine.encode([np.zeros((64, 64, 3), np.uint8)]))  # compile the coder outside the timings
     print(f"model {mf.model_id} ({mf.sha256.hex()[:12]}), held-out crops of side <= {args.side}")
     print(f"{'image':44} {'size':>9} {'-ELBO':>7} {'coded':>7} {'png':>7} {'webp':>7} {'jxl':>7}  bits/dim")
     tot = np.zeros(6)
@@ -72,7 +77,7 @@ def main() -> None:
               flush=True)
     print(f"{'overall':44} {'':9} " + " ".join(f"{v / tot[0]:7.3f}" for v in tot[1:]))
     mb = tot[0] / 1e6
-    print(f"model-coded speed on this machine: compress {mb / enc_s:.3f} MB/s, decompress {mb / dec_s:.3f} MB/s "
+    print(f"model-coded speed on this machine ({torch.get_num_threads()} torch threads): compress {mb / enc_s:.3f} MB/s, decompress {mb / dec_s:.3f} MB/s "
           f"of raw RGB ({tot[0] / 3 / 1e6 / enc_s:.3f} / {tot[0] / 3 / 1e6 / dec_s:.3f} MPix/s)")
     name, img = max(images, key=lambda x: x[1].size)
     print(f"\noverhead on {name} {img.shape[1]}x{img.shape[0]} (coded bits - integer -ELBO):")
