@@ -71,8 +71,8 @@ def main() -> None:
             prof = cProfile.Profile() if fast and args.profile else None
             with torch.backends.nnpack.flags(enabled=not fast):  # NNPACK on: the CPU takes im2col
                 assert cpu_conv_is_exact() == fast
-                coded, enc = timed(lambda: engine.encode([img])[0], prof)
-                back, dec = timed(lambda: engine.decode([coded])[0])
+                coded, enc = timed(lambda img=img: engine.encode([img])[0], prof)
+                back, dec = timed(lambda coded=coded: engine.decode([coded])[0])
             assert np.array_equal(back, img), f"{path}: decoded pixels differ"
             results[path] = coded
             print(f"{side}x{side} {path:7}: compress {mpix / enc:.3f} MPix/s ({enc:.2f} s), "

@@ -77,7 +77,8 @@ def main() -> None:
               flush=True)
     print(f"{'overall':44} {'':9} " + " ".join(f"{v / tot[0]:7.3f}" for v in tot[1:]))
     mb = tot[0] / 1e6
-    print(f"model-coded speed on this machine ({torch.get_num_threads()} torch threads): compress {mb / enc_s:.3f} MB/s, decompress {mb / dec_s:.3f} MB/s "
+    print(f"model-coded speed on this machine ({torch.get_num_threads()} torch threads): "
+          f"compress {mb / enc_s:.3f} MB/s, decompress {mb / dec_s:.3f} MB/s "
           f"of raw RGB ({tot[0] / 3 / 1e6 / enc_s:.3f} / {tot[0] / 3 / 1e6 / dec_s:.3f} MPix/s)")
     name, img = max(images, key=lambda x: x[1].size)
     print(f"\noverhead on {name} {img.shape[1]}x{img.shape[0]} (coded bits - integer -ELBO):")

@@ -94,6 +94,36 @@ class Lanes:
         self.low_water[row] = low_water
         self.heads[row] = heads.astype(np.int64)
 
+    # ---- moving coded words between lanes (a donor lane's words start another lane) -----------
+    def content_words(self, row: int) -> int:
+        """Words on top of ``row``'s stack that pushes wrote (above its low-water mark)."""
+        return int(self.ptr[row] - self.low_water[row])
+
+    def take_words(self, row: int, count: int) -> np.ndarray:
+        """Remove the top ``count`` words of ``row``'s stack (bottom first); only pushed words."""
+        if not 0 <= count <= self.content_words(row):
+            raise AnsError(f"cannot take {count} words: the lane holds {self.content_words(row)} pushed words")
+        top = int(self.ptr[row])
+        self.ptr[row] = top - count
+        return self.words[row, top - count : top].copy()
+
+    def put_words(self, row: int, words: np.ndarray) -> None:
+        """Put ``words`` (bottom first) on top of ``row``'s stack: the inverse of take_words."""
+        top = int(self.ptr[row])
+        self._reserve(np.array([top + len(words)]))
+        self.words[row, top : top + len(words)] = words
+        self.ptr[row] = top + len(words)
+
+    def is_initial_below(self, row: int, seed: int, lane: int, reservoir: int) -> np.ndarray | None:
+        """A donated lane's end of decoding: seeded heads and its ``reservoir`` seed words at the
+        bottom; returns the words above them (what its donor gave it), else None."""
+        if self.ptr[row] < reservoir:
+            return None
+        heads, words = initial_lane(seed, lane, self.head_width, reservoir)
+        if not (np.array_equal(self.heads[row], heads) and np.array_equal(self.words[row, :reservoir], words)):
+            return None
+        return self.words[row, reservoir : self.ptr[row]].copy()
+
     def payload(self, row: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(low_water, heads uint64 [K], words uint32 above low_water, bottom first)."""
         lw = int(self.low_water[row])

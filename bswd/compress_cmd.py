@@ -204,7 +204,9 @@ def describe_bsw(f: container.BswFile, size: int) -> str:
         f"image            {f.width}x{f.height}, {f.channels or 'no'} model channel(s), "
         f"{len(planes)} plane(s)" + (f", {stored} not model-coded ({jxl} JPEG XL lossless, {stored - jxl} raw): "
                                      "the model would have been larger" if stored else ""),
-        f"lanes            {len(f.lanes)} ({', '.join(str(ln.n_patches) for ln in f.lanes) or '-'} patches)",
+        f"lanes            {len(f.lanes)} ({', '.join(str(ln.n_patches) for ln in f.lanes) or '-'} patches"
+        + (f"; {sum(ln.donor < 0 for ln in f.lanes)} from seed bits, the rest from a donor's words)"
+           if any(ln.donor >= 0 for ln in f.lanes) else ")"),
         f"payload          header {sizes['header']} B, lanes {sum(sizes['lanes']):,} B, "
         + ", ".join(f"{k} {n:,} B" for k, n in sizes["sections"] if k not in (PLANE, ABOUT)),
         f"file size        {size:,} bytes",

@@ -1,6 +1,6 @@
 """The ``.bsw`` container: one compressed image as bytes. Pure: no files, no torch, no I/O.
 
-Byte layout of format v1 (every integer is little-endian; docs/format.md has the full table)::
+Byte layout of format v1 and v2 (every integer is little-endian; docs/format.md has the full table)::
 
     prelude  magic 89 42 53 57 0D 0A 1A 0A | version u16 | header_len u32         (14 bytes)
     header   header_len bytes: fixed fields, model id, lane table, section table
@@ -8,6 +8,10 @@ Byte layout of format v1 (every integer is little-endian; docs/format.md has the
     payload  per lane: heads K x u64, then words n_words x u32 (bottom of stack first)
              per section: its data bytes
     trailer  total_len u64 (= file length) | file_crc u32 = CRC32 of bytes [0, total_len - 4)
+
+v2 differs only in the lane table: each entry also says which earlier lane donated the words this
+lane started from (donated lanes, engine.py), so an entry is 28 bytes instead of 16. A file
+without donated lanes is written as v1, which every release reads.
 
 Invariants: ``decode(encode(f)) == f`` and ``encode(decode(b)) == b`` for every ``b`` that decodes
 (canonical: no reserved bits, no slack). ``decode`` raises only ``BswFormatError`` subclasses and
@@ -18,13 +22,13 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, Callable, NamedTuple, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 
 MAGIC = b"\x89BSW\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this release writes and reads; it reads every older one too
 PRELUDE_SIZE = 14  # magic (8) + version u16 + header_len u32
 TRAILER_SIZE = 12  # total_len u64 + file_crc u32
 SCHEMES = ("bitswap", "bbans")  # stored as a u8 code: index + 1
@@ -32,6 +36,7 @@ HEAD_MIN, HEAD_END = 1 << 31, 1 << 63  # a rANS head lies in [HEAD_MIN, HEAD_END
 _FIXED = struct.Struct("<IIBBBIQ32s32s")  # 87 bytes: see _pack_header for the field order
 _COUNTS = struct.Struct("<II")  # n_lanes n_sections
 _LANE = struct.Struct("<IIQ")  # n_patches low_water n_words (16 bytes per lane)
+_DONATION = struct.Struct("<III")  # v2: donor + 1 (0: none), fork, donated (12 more bytes per lane)
 Buffer = bytes | bytearray | memoryview  # what decode and peek_header accept
 _U8, _U32, _U64 = struct.Struct("<B"), struct.Struct("<I"), struct.Struct("<Q")
 _HINTS = {b"\x89BSW\n": "CRLF became LF, so it was copied in text mode",
@@ -109,18 +114,32 @@ class LanePayload:
     low_water: int  # seed words not stored, < 2**32
     heads: npt.NDArray[np.uint64]
     words: npt.NDArray[np.uint32]
+    donor: int = -1  # the earlier lane whose words this lane started from; -1: seed bits only
+    fork: int = 0  # patches the donor had coded when it gave them (>= 1 when donor >= 0)
+    donated: int = 0  # words received from the donor
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "n_patches", _int("n_patches", self.n_patches, 1, 1 << 32))
         set_(self, "low_water", _int("low_water", self.low_water, 0, 1 << 32))
+        set_(self, "donor", _int("donor", self.donor, -1, (1 << 32) - 1))
+        set_(self, "fork", _int("fork", self.fork, 0, 1 << 32))
+        set_(self, "donated", _int("donated", self.donated, 0, 1 << 32))
+        if self.donor < 0 and (self.fork or self.donated):
+            raise ValueError("fork and donated must be 0 for a lane without a donor")
+        if self.donor >= 0 and self.fork < 1:
+            raise ValueError(f"a donated lane needs fork >= 1, got {self.fork}")
         set_(self, "heads", _uint_array("heads", self.heads, np.uint64, HEAD_MIN, HEAD_END, 1))
         set_(self, "words", _uint_array("words", self.words, np.uint32, 0, 1 << 32))
+
+    @property
+    def table_entry(self) -> LaneInfo:
+        return LaneInfo(self.n_patches, self.low_water, self.words.size, self.donor, self.fork, self.donated)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LanePayload):
             return NotImplemented
-        return (self.n_patches, self.low_water) == (other.n_patches, other.low_water) and all(
+        return self.table_entry == other.table_entry and all(
             np.array_equal(a, b) for a, b in ((self.heads, other.heads), (self.words, other.words)))
 
 
@@ -151,7 +170,7 @@ class BswFile:
     lanes: tuple[LanePayload, ...]
     pixel_checksum: bytes  # 32 bytes, sha256 of the pixels the model coded
     sections: tuple[Section, ...] = ()
-    format_version: int = FORMAT_VERSION
+    format_version: int = 0  # 0: the oldest version that holds the file (v1 unless a lane is donated)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -163,7 +182,7 @@ class BswFile:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
         for name, lo, hi in (("width", 1, 1 << 31), ("height", 1, 1 << 31), ("seed", 0, 1 << 64),
                              ("head_width", 1, 1 << 32), ("precision", 1, 32), ("channels", 0, 4),
-                             ("format_version", FORMAT_VERSION, FORMAT_VERSION + 1)):
+                             ("format_version", 0, FORMAT_VERSION + 1)):
             set_(self, name, _int(name, getattr(self, name), lo, hi))
         if self.channels == 2:
             raise ValueError("channels must be 0, 1 or 3, got 2")
@@ -174,12 +193,35 @@ class BswFile:
                              "need >= 1 lane when channels > 0 and none when channels == 0")
         if any(lane.heads.size != self.head_width for lane in self.lanes):
             raise ValueError(f"every lane needs head_width = {self.head_width} heads")
+        _check_donations([lane.table_entry for lane in self.lanes], ValueError)
+        donated = any(lane.donor >= 0 for lane in self.lanes)
+        if self.format_version == 0:  # the oldest version that holds it: v1 readers read it
+            set_(self, "format_version", 2 if donated else 1)
+        elif donated and self.format_version < 2:
+            raise ValueError("donated lanes need format_version 2")
 
 
 class LaneInfo(NamedTuple):  # a lane-table entry
     n_patches: int
     low_water: int
     n_words: int
+    donor: int = -1
+    fork: int = 0
+    donated: int = 0
+
+
+def _check_donations(lanes: list[LaneInfo], error: Callable[[str], Exception]) -> None:
+    """A donor is an earlier lane that has no donor itself; its receivers share one fork point
+    within its patches."""
+    forks: dict[int, int] = {}
+    for i, x in enumerate(lanes):
+        if x.donor < 0:
+            continue
+        d = x.donor
+        if not (d < i and lanes[d].donor < 0 and 1 <= x.fork <= lanes[d].n_patches
+                and forks.setdefault(d, x.fork) == x.fork):
+            raise error(f"lane {i}: donor {d} with fork {x.fork} is not an earlier, undonated lane "
+                        f"and a fork point within its patches shared by all its receivers")
 
 
 class SectionInfo(NamedTuple):  # a section-table entry
@@ -226,7 +268,7 @@ def header_of(f: BswFile) -> BswHeader:
     """The header that ``encode(f)`` writes."""
     return BswHeader(f.format_version, f.model_id, f.model_hash, f.scheme, f.width, f.height,
                      f.channels, f.seed, f.head_width, f.precision,
-                     tuple(LaneInfo(x.n_patches, x.low_water, x.words.size) for x in f.lanes),
+                     tuple(x.table_entry for x in f.lanes),
                      tuple(SectionInfo(s.kind, len(s.data)) for s in f.sections),
                      f.pixel_checksum)
 
@@ -240,13 +282,16 @@ def payload_sizes(f: BswFile | BswHeader) -> PayloadSizes:
 
 
 def _pack_header(h: BswHeader) -> bytes:
-    """Prelude, header and header CRC; header_len = 96 + len(model_id) + 16 n_lanes
-    + sum(9 + len(kind)) over sections."""
+    """Prelude, header and header CRC; header_len = 96 + len(model_id) + (16 in v1, 28 in v2)
+    n_lanes + sum(9 + len(kind)) over sections."""
     parts = [_FIXED.pack(h.width, h.height, h.channels, SCHEMES.index(h.scheme) + 1,
                          h.precision, h.head_width, h.seed, h.model_hash, h.pixel_checksum),
              _U8.pack(len(h.model_id)), h.model_id.encode("ascii"),
              _COUNTS.pack(len(h.lanes), len(h.sections))]
-    parts += [_LANE.pack(x.n_patches, x.low_water, x.n_words) for x in h.lanes]
+    for x in h.lanes:
+        parts.append(_LANE.pack(x.n_patches, x.low_water, x.n_words))
+        if h.format_version >= 2:
+            parts.append(_DONATION.pack(x.donor + 1, x.fork, x.donated))
     for s in h.sections:
         parts += [_U8.pack(len(s.kind)), s.kind.encode("ascii"), _U64.pack(s.length)]
     body = b"".join(parts)
@@ -334,7 +379,8 @@ def peek_header(data: Buffer) -> BswHeader:
     if stored != computed:
         raise ChecksumMismatch(f"header CRC32 mismatch at offset {hend}: stored 0x{stored:08x}, "
                                f"computed 0x{computed:08x} over bytes [0, {hend})", hend)
-    _check(version == FORMAT_VERSION, "format version", version, str(FORMAT_VERSION), 8)
+    _check(1 <= version <= FORMAT_VERSION, "format version", version, f"1..{FORMAT_VERSION}", 8)
+    entry = _LANE.size + (_DONATION.size if version >= 2 else 0)
     r = _Reader(mv, PRELUDE_SIZE, hend)
     (width, height, channels, scheme, precision, k, seed, model_hash,
      pixel_checksum) = r.unpack(_FIXED, "fixed header fields")
@@ -348,13 +394,18 @@ def peek_header(data: Buffer) -> BswHeader:
     n_lanes, n_sections = r.unpack(_COUNTS, "lane and section counts")
     _check((n_lanes >= 1) == (channels > 0), "lane count", n_lanes,
            ">= 1 when channels > 0 and 0 when channels == 0", r.pos - 8)
-    _check(r.pos + n_lanes * _LANE.size + n_sections * 9 <= hend, "lane and section counts",
+    _check(r.pos + n_lanes * entry + n_sections * 9 <= hend, "lane and section counts",
            (n_lanes, n_sections), f"tables that fit in the header ending at {hend}", r.pos - 8)
     lanes = []
     for i in range(n_lanes):
         n_patches, low_water, n_words = r.unpack(_LANE, f"lane {i}")
         _check(n_patches >= 1, f"lane {i} n_patches", n_patches, ">= 1", r.pos - _LANE.size)
-        lanes.append(LaneInfo(n_patches, low_water, n_words))
+        donor, fork, donated = r.unpack(_DONATION, f"lane {i} donation") if version >= 2 else (0, 0, 0)
+        _check(donor > 0 or fork == donated == 0, f"lane {i} fork and donated", (fork, donated),
+               "0 for a lane without a donor", r.pos - 8)
+        lanes.append(LaneInfo(n_patches, low_water, n_words, donor - 1, fork, donated))
+    offset = r.pos
+    _check_donations(lanes, lambda message: CorruptFile(message, offset))
     sections = [SectionInfo(r.text(f"section {i} kind", 1),
                             r.unpack(_U64, f"section {i} length")[0]) for i in range(n_sections)]
     _check(r.pos == hend, "header end", r.pos, f"{hend} (unparsed header bytes)", r.pos)
@@ -388,7 +439,7 @@ def decode(data: Buffer) -> BswFile:
         _check(HEAD_MIN <= int(heads[j]) < HEAD_END, f"lane {i} head {j}", int(heads[j]),
                "in [2**31, 2**63)", pos + 8 * j)
         words = np.frombuffer(mv, dtype="<u4", count=info.n_words, offset=pos + 8 * k)
-        lanes.append(LanePayload(info.n_patches, info.low_water, heads, words))
+        lanes.append(LanePayload(info.n_patches, info.low_water, heads, words, info.donor, info.fork, info.donated))
         pos += 8 * k + 4 * info.n_words
     sections = []
     for s in h.sections:

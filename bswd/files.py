@@ -75,7 +75,8 @@ def _plane_file(engine: Engine, coded: CodedPlane, plane: np.ndarray, checksum: 
         stored = fallback
         return BswFile(model.model_id, model.sha256, "bitswap", w, h, 0, engine.config.seed, 1,
                        model.cfg.precision, (), checksum, (stored, *sections))
-    lanes = tuple(LanePayload(ln.n_patches, ln.low_water, ln.heads, ln.words) for ln in coded.lanes)
+    lanes = tuple(LanePayload(ln.n_patches, ln.low_water, ln.heads, ln.words, ln.donor, ln.fork, ln.donated)
+                  for ln in coded.lanes)
     return BswFile(model.model_id, model.sha256, coded.scheme, w, h, c, coded.seed, coded.head_width,
                    model.cfg.precision, lanes, checksum, sections)
 
@@ -117,7 +118,7 @@ def compress_images(engine: Engine, images: list[SplitImage], scheme: str = "bit
 
 
 def _to_coded(f: BswFile) -> CodedPlane:
-    lanes = [LaneData(ln.n_patches, ln.low_water, ln.heads, ln.words) for ln in f.lanes]
+    lanes = [LaneData(ln.n_patches, ln.low_water, ln.heads, ln.words, ln.donor, ln.fork, ln.donated) for ln in f.lanes]
     return CodedPlane(f.height, f.width, f.channels, f.scheme, f.seed, f.head_width, lanes)
 
 

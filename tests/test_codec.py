@@ -20,7 +20,9 @@ def tiny_model(request, tiny_model, context_model):
 
 
 def lane_bytes(coded) -> list[bytes]:
-    return [ln.heads.tobytes() + ln.words.tobytes() + bytes([ln.low_water % 256]) for c in coded for ln in c.lanes]
+    return [ln.heads.tobytes() + ln.words.tobytes() + np.array([ln.low_water, ln.n_patches, ln.donor, ln.fork,
+                                                                 ln.donated]).tobytes()
+            for c in coded for ln in c.lanes]
 
 
 def round_trip(engine: Engine, planes, scheme="bitswap"):
@@ -136,3 +138,37 @@ def test_padding_costs_no_bits(make_engine):
     # per real dim, an image of two mostly-padding patches costs what whole patches of the same
     # noise do (were padding coded, 2 * 1024 / 561 = 3.7 times as much)
     assert 0.9 * full < edge < 1.1 * full
+
+
+def test_donated_lanes_start_from_their_donors_words(make_engine):
+    """Lanes in groups of 4: the first starts from seed bits and gives the others words of its own
+    stream, so the group pays one start-up instead of four; bytes never depend on the batch."""
+    img = noise(96, 128, seed=51)  # 12 patches -> 12 lanes -> groups of 4, 4, 4
+    engine = make_engine(min_patches_per_lane=1, lanes_per_donor=4)
+    [coded] = round_trip(engine, [img])
+    table = [(ln.donor, ln.fork, ln.donated > 0) for ln in coded.lanes]
+    donors = [0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8]
+    assert [d for d, _, _ in table] == [-1 if i == d else d for i, d in enumerate(donors)]
+    assert all(given for d, _, given in table if d >= 0)
+    assert len({f for d, f, _ in table if d == 0}) == 1  # one fork point per donor
+    assert sum(ln.n_patches for ln in coded.lanes) == 12
+    independent = make_engine(min_patches_per_lane=1, lanes_per_donor=1).encode([img])[0]
+    assert len(independent.lanes) == 12 and coded.stored_bits < independent.stored_bits
+    for rows in (1, 3):  # a donor waiting for its receivers must not stall a small batch
+        narrow = make_engine(min_patches_per_lane=1, lanes_per_donor=4, max_rows=rows)
+        assert lane_bytes(narrow.encode([img])) == lane_bytes([coded])
+        assert np.array_equal(narrow.decode([coded])[0], img)
+    together = make_engine(min_patches_per_lane=1, lanes_per_donor=4).encode([noise(40, 70, seed=52), img])
+    assert lane_bytes([together[1]]) == lane_bytes([coded])
+
+
+@pytest.mark.parametrize("change", [{"donated": 1}, {"fork": 2}, {"donor": 1}, {"donor": -1, "fork": 0, "donated": 0}])
+def test_a_wrong_donation_table_fails_loudly(make_engine, change):
+    img = noise(64, 96, seed=53)  # 6 patches -> one donor and five receivers
+    engine = make_engine(min_patches_per_lane=1, lanes_per_donor=8)
+    [coded] = engine.encode([img])
+    lanes = list(coded.lanes)
+    lanes[2] = dataclasses.replace(lanes[2], **{k: (getattr(lanes[2], k) + v if k == "donated" else v)
+                                                for k, v in change.items()})
+    with pytest.raises((StreamError, ValueError)):
+        engine.decode([dataclasses.replace(coded, lanes=lanes)])

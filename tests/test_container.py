@@ -5,6 +5,7 @@ pinned sha256 below must then be updated by hand, so the format never changes si
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -51,7 +52,8 @@ SUBCLASSES = (BadMagic, UnsupportedVersion, TruncatedFile, ChecksumMismatch, Cor
 
 def expected_size(f: BswFile) -> int:
     """The size formula of docs/format.md, written out independently of the module."""
-    header = 96 + len(f.model_id) + 16 * len(f.lanes) + sum(9 + len(s.kind) for s in f.sections)
+    entry = 16 if f.format_version == 1 else 28  # v2 lane entries also name the donor
+    header = 96 + len(f.model_id) + entry * len(f.lanes) + sum(9 + len(s.kind) for s in f.sections)
     payload = sum(8 * f.head_width + 4 * lane.words.size for lane in f.lanes)
     return 14 + header + 4 + payload + sum(len(s.data) for s in f.sections) + 12
 
@@ -83,13 +85,19 @@ printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_s
 def bsw_files(draw: st.DrawFn) -> BswFile:
     channels = draw(st.sampled_from([0, 1, 3]))
     k = draw(st.integers(1, 5))
-    lanes = tuple(
-        LanePayload(draw(st.integers(1, 2**32 - 1)), draw(st.integers(0, 2**32 - 1)),
-                    np.array(draw(st.lists(st.integers(HEAD_MIN, HEAD_END - 1), min_size=k,
-                                           max_size=k)), dtype=np.uint64),
-                    np.array(draw(st.lists(st.integers(0, 2**32 - 1), max_size=30)),
-                             dtype=np.uint32))
-        for _ in range(draw(st.integers(1, 3)) if channels else 0))
+    lanes: list[LanePayload] = []
+    for i in range(draw(st.integers(1, 3)) if channels else 0):
+        donated = i > 0 and draw(st.booleans())  # lanes 1, 2 may start from lane 0's words
+        fork = draw(st.integers(1, lanes[0].n_patches)) if donated else 0
+        lanes.append(LanePayload(
+            draw(st.integers(1, 2**32 - 1)), draw(st.integers(0, 2**32 - 1)),
+            np.array(draw(st.lists(st.integers(HEAD_MIN, HEAD_END - 1), min_size=k, max_size=k)),
+                     dtype=np.uint64),
+            np.array(draw(st.lists(st.integers(0, 2**32 - 1), max_size=30)), dtype=np.uint32),
+            0 if donated else -1, fork, draw(st.integers(0, 2**32 - 1)) if donated else 0))
+    if len(lanes) == 3 and lanes[1].donor == lanes[2].donor == 0:  # one fork point per donor
+        lanes[2] = dataclasses.replace(lanes[2], fork=lanes[1].fork)
+    lanes = tuple(lanes)
     sections = tuple(Section(draw(printable.filter(bool)), draw(st.binary(max_size=40)))
                      for _ in range(draw(st.integers(0, 3))))
     return BswFile(draw(printable), draw(st.binary(min_size=32, max_size=32)),
@@ -254,10 +262,10 @@ def test_no_allocation_from_unchecked_lengths() -> None:
 
 def test_version_and_magic_messages() -> None:
     data = bytearray(encode(golden_file()))
-    data[8:10] = (2).to_bytes(2, "little")
+    data[8:10] = (3).to_bytes(2, "little")
     newer = reseal(bytes(data))
-    with pytest.raises(UnsupportedVersion, match=r"newer bswd \(format v2\); this release reads"
-                                                 r" up to v1"):
+    with pytest.raises(UnsupportedVersion, match=r"newer bswd \(format v3\); this release reads"
+                                                 r" up to v2"):
         decode(newer)
     with pytest.raises(UnsupportedVersion):
         peek_header(newer[:30])  # header incomplete: the version is all we can know
@@ -275,7 +283,7 @@ def test_version_and_magic_messages() -> None:
         decode(MAGIC[:5])
     with pytest.raises(TruncatedFile, match="prelude"):
         decode(MAGIC + b"\x01")
-    assert FORMAT_VERSION == 1
+    assert FORMAT_VERSION == 2
 
 
 def test_peek_header_reads_only_the_header() -> None:
@@ -310,7 +318,7 @@ def test_corrupt_fields_behind_valid_checksums() -> None:
     ({"channels": 2}, "channels"), ({"channels": 0}, "lanes"), ({"head_width": 3}, "heads"),
     ({"model_id": "é"}, "ASCII"), ({"model_hash": b"x"}, "32 bytes"), ({"width": 0}, "width"),
     ({"height": 2**31}, "height"), ({"seed": -1}, "seed"), ({"scheme": "x"}, "scheme"),
-    ({"lanes": ()}, "lanes"), ({"format_version": 2}, "format_version"),
+    ({"lanes": ()}, "lanes"), ({"format_version": 3}, "format_version"),
 ])
 def test_invalid_files_cannot_be_built(change: dict[str, object], words: str) -> None:
     fields = {k: getattr(golden_file(), k) for k in BswFile.__dataclass_fields__}
@@ -335,3 +343,56 @@ def test_errors_pickle_with_their_offset() -> None:
     e = pickle.loads(pickle.dumps(ChecksumMismatch("bad", 17)))
     assert type(e) is ChecksumMismatch and e.offset == 17 and str(e) == "bad"
     assert issubclass(BswFormatError, ValueError)
+
+
+def donated_file(version: int = 0) -> BswFile:
+    """Three lanes: lane 0 starts from seed bits and gives words to lanes 1 and 2 after 2 patches."""
+    f = small_file()
+    a, b = f.lanes
+    lanes = (dataclasses.replace(a, n_patches=4), dataclasses.replace(b, donor=0, fork=2, donated=7),
+             dataclasses.replace(b, donor=0, fork=2, donated=0))
+    return dataclasses.replace(f, lanes=lanes, format_version=version)
+
+
+def test_donated_lanes_need_v2_and_files_without_them_stay_v1() -> None:
+    assert small_file().format_version == 1 and encode(small_file())[8:10] == b"\x01\x00"
+    f = donated_file()
+    data = encode(f)
+    assert f.format_version == 2 and data[8:10] == b"\x02\x00" and len(data) == expected_size(f)
+    g = decode(data)
+    assert g == f and encode(g) == data
+    assert [(x.donor, x.fork, x.donated) for x in g.lanes] == [(-1, 0, 0), (0, 2, 7), (0, 2, 0)]
+    v2 = dataclasses.replace(small_file(), format_version=2)  # a v2 file may have no donated lanes
+    assert decode(encode(v2)) == v2 and len(encode(v2)) == expected_size(v2)
+    with pytest.raises(ValueError, match="format_version 2"):
+        donated_file(version=1)
+
+
+@pytest.mark.parametrize("lane, change, words", [
+    (1, {"donor": 2}, "not an earlier"),  # a donor must come first
+    (2, {"donor": 1}, "not an earlier"),  # a donated lane cannot give
+    (1, {"fork": 5}, "fork point"),  # past the donor's 4 patches
+    (2, {"fork": 3}, "shared by all"),  # receivers of one donor fork together
+])
+def test_inconsistent_donations_are_refused(lane: int, change: dict[str, int], words: str) -> None:
+    f = donated_file()
+    lanes = list(f.lanes)
+    lanes[lane] = dataclasses.replace(lanes[lane], **change)
+    with pytest.raises(ValueError, match=words):
+        dataclasses.replace(f, lanes=tuple(lanes))
+    # the same table behind valid checksums: the reader names it too
+    data = bytearray(encode(f))
+    entry = peek_header(data).header_size - 4 - 28 * (3 - lane) - (9 + 5) - (9 + 3)
+    for name, value in change.items():
+        field = {"donor": 0, "fork": 4, "donated": 8}[name]
+        struct.pack_into("<I", data, entry + 16 + field, value + (name == "donor"))
+    with pytest.raises(CorruptFile, match=words):
+        decode(reseal(bytes(data)))
+
+
+def test_fork_and_donated_without_a_donor_are_refused() -> None:
+    lane = small_file().lanes[0]
+    with pytest.raises(ValueError, match="without a donor"):
+        dataclasses.replace(lane, donated=3)
+    with pytest.raises(ValueError, match="fork >= 1"):
+        dataclasses.replace(lane, donor=0, fork=0)
