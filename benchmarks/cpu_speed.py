@@ -1,9 +1,13 @@
-"""CPU speed of one-shot coding (what `bswd compress photo.png` does): one photo, default lanes, and
-where the time goes. Each run codes with both CPU convolution paths of the integer model side by
-side (torch conv2d, and the im2col + matmul path that CUDA uses), checks the two give identical
-streams and that decoding returns the pixels, and prints the hottest functions of the fast path.
+"""CPU speed of one-shot coding (what `bswd compress photo.png` does): one photo at a time, side by
+side for several lane layouts in the same process, every result decoded and compared, and where
+the time of the default layout goes.
 
-    python benchmarks/cpu_speed.py [--model M.bswm] [--sides 512,2048] [--threads 1] [--profile 12]
+Layouts: `v1` = the old default (one independent lane per 256 patches: a 512x512 photo is one
+lane, coded one patch per step), `default` = today's EngineConfig (8 lanes for 512x512, donated
+in groups of 8). `--paths` also codes the default layout with the im2col + matmul convolution
+path that CUDA uses (NNPACK switched on makes the CPU take it) and checks identical streams.
+
+    python benchmarks/cpu_speed.py [--model M.bswm] [--sides 512,2048] [--threads 1] [--profile 12] [--paths]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from bswd.model.quant import load_coding_model
 from bswd.model.registry import default_model_path
 
 PHOTO = Path(__file__).resolve().parent.parent / "tests" / "data" / "bird_512x512.png"
+LAYOUTS = {"v1": EngineConfig(min_patches_per_lane=256, lanes_per_donor=1), "default": EngineConfig()}
 
 
 def photo(side: int) -> np.ndarray:
@@ -55,37 +60,43 @@ def main() -> None:
     ap.add_argument("--sides", default="512,2048")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", type=int, default=12, help="functions to list (0: no profile)")
+    ap.add_argument("--paths", action="store_true", help="also time the im2col convolution path")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     mf = read_model_file(args.model or default_model_path())
-    engine = Engine(load_coding_model(mf, "cpu"), EngineConfig())
-    engine.encode([photo(64)])  # JIT compile outside the timings
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"threads {torch.get_num_threads()}, model {mf.model_id}, default engine config (1 lane per 256 patches)")
+    model = load_coding_model(mf, "cpu")
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, "
+          f"torch {torch.__version__} threads {torch.get_num_threads()}, model {mf.model_id}")
     for side in [int(s) for s in args.sides.split(",")]:
         img = photo(side)
         mpix = side * side / 1e6
-        results = {}
-        for path in ("im2col", "conv2d"):
-            fast = path == "conv2d"
-            prof = cProfile.Profile() if fast and args.profile else None
-            with torch.backends.nnpack.flags(enabled=not fast):  # NNPACK on: the CPU takes im2col
-                assert cpu_conv_is_exact() == fast
-                coded, enc = timed(lambda img=img: engine.encode([img])[0], prof)
-                back, dec = timed(lambda coded=coded: engine.decode([coded])[0])
-            assert np.array_equal(back, img), f"{path}: decoded pixels differ"
-            results[path] = coded
-            print(f"{side}x{side} {path:7}: compress {mpix / enc:.3f} MPix/s ({enc:.2f} s), "
+        runs = [(name, cfg, False) for name, cfg in LAYOUTS.items()] + ([("default", LAYOUTS["default"], True)]
+                                                                        if args.paths else [])
+        streams = {}
+        for name, cfg, im2col in runs:
+            engine = Engine(model, cfg)
+            engine.decode(engine.encode([photo(64)]))  # JIT compile outside the timings
+            prof = cProfile.Profile() if name == "default" and not im2col and args.profile else None
+            with torch.backends.nnpack.flags(enabled=im2col):  # NNPACK on: the CPU takes im2col
+                assert cpu_conv_is_exact() != im2col
+                coded, enc = timed(lambda e=engine, x=img: e.encode([x])[0], prof)
+                back, dec = timed(lambda e=engine, c=coded: e.decode([c])[0])
+            assert np.array_equal(back, img), f"{name}: decoded pixels differ"
+            label = f"{name}{' im2col' if im2col else ''}"
+            overhead = 100 * (coded.stored_bits - coded.info_bits) / coded.info_bits
+            print(f"{side}x{side} {label:15}: compress {mpix / enc:.3f} MPix/s ({enc:.2f} s), "
                   f"decompress {mpix / dec:.3f} MPix/s ({dec:.2f} s), {coded.stored_bits / img.size:.4f} bits/dim, "
-                  f"{len(coded.lanes)} lanes")
+                  f"-ELBO {coded.info_bits / img.size:.4f}, overhead {overhead:.2f}%, {len(coded.lanes)} lanes "
+                  f"({sum(ln.donor < 0 for ln in coded.lanes)} from seed bits)", flush=True)
             if prof:
                 s = io.StringIO()
                 pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.profile)
                 print("\n".join(line for line in s.getvalue().splitlines()[6:] if line.strip()))
-        a, b = results["im2col"], results["conv2d"]
-        assert all(np.array_equal(x.words, y.words) and np.array_equal(x.heads, y.heads)
-                   for x, y in zip(a.lanes, b.lanes)), "the two convolution paths gave different streams"
-        print(f"{side}x{side}: both paths wrote identical streams")
+            if name == "default":
+                streams[label] = [(ln.heads.tobytes(), ln.words.tobytes()) for ln in coded.lanes]
+        if len(streams) == 2:
+            assert len(set(map(tuple, streams.values()))) == 1, "the two convolution paths gave different streams"
+            print(f"{side}x{side}: both convolution paths wrote identical streams")
 
 
 if __name__ == "__main__":
