@@ -1,6 +1,8 @@
-"""Golden .bsw files made with the bundled default model: they must decode, bit-exactly, forever.
+"""Golden .bsw files made with every model that was ever the bundled default: they must decode,
+bit-exactly, forever (bswd-default-1 and -2: a factorized pixel likelihood).
 
-Regenerate only when the format version changes (and keep the old files):
+When a new default ships, add its tag to MODELS and write its files (existing files are never
+rewritten; a new format version gets new files beside the old ones):
     BSWD_REGEN_GOLDEN=1 pytest tests/test_golden.py
 """
 
@@ -24,27 +26,35 @@ from bswd.model.registry import find_model
 
 GOLDEN = Path(__file__).parent / "golden"
 DATA = Path(__file__).parent / "data"
-CASES = [("messi_96x64.png", "bitswap"), ("cups_37x53.png", "bbans")]
+MODELS = {"": "bswd-default-1.bswm", ".default-2": "bswd-default-2.bswm", ".default-2.donated": "bswd-default-2.bswm"}
+# the .donated files are format v2: one lane per patch, lanes started from a donor's words
+ENGINES = {".default-2.donated": EngineConfig(min_patches_per_lane=1)}
+CASES = [(name, scheme, tag) for tag in MODELS for name, scheme in [("messi_96x64.png", "bitswap"),
+                                                                      ("cups_37x53.png", "bbans")]]
 
 
-def golden_path(name: str, scheme: str) -> Path:
-    return GOLDEN / f"{name}.{scheme}.bsw"
+def golden_path(name: str, scheme: str, tag: str) -> Path:
+    return GOLDEN / f"{name}.{scheme}{tag}.bsw"
 
 
-@pytest.mark.parametrize("name,scheme", CASES)
-def test_golden_file_decodes_to_its_source(name, scheme):
-    path = golden_path(name, scheme)
+@pytest.mark.parametrize("name,scheme,tag", CASES)
+def test_golden_file_decodes_to_its_source(name, scheme, tag):
+    path = golden_path(name, scheme, tag)
     source = DATA / name
-    if os.environ.get("BSWD_REGEN_GOLDEN"):
-        from bswd.model.registry import default_model_path
+    if os.environ.get("BSWD_REGEN_GOLDEN") and not path.exists():
+        from bswd.model.registry import PACKAGE_MODELS
 
-        engine = Engine(load_coding_model(read_model_file(default_model_path())), EngineConfig())
+        model = load_coding_model(read_model_file(PACKAGE_MODELS / MODELS[tag]))
+        engine = Engine(model, ENGINES.get(tag, EngineConfig()))
         split = split_image(source.read_bytes(), name=name)
         [res] = compress_images(engine, [split], scheme, allow_stored=False)
         path.write_bytes(res.data)
     f = container.decode(path.read_bytes())
     assert f.scheme == scheme and f.channels == 3 and len(f.lanes) >= 1  # really model-coded
     mf = find_model(f.model_hash, f.model_id)  # a shipped model, found by hash
+    assert mf.model_id == MODELS[tag].removesuffix(".bswm")
+    assert f.format_version == (2 if tag.endswith(".donated") else 1)
+    assert any(lane.donor >= 0 for lane in f.lanes) == tag.endswith(".donated")
     engine = Engine(load_coding_model(mf), EngineConfig(max_rows=3))
     [(image, ext)] = decompress_many(engine, [f])
     with Image.open(io.BytesIO(image)) as got, Image.open(source) as want:
