@@ -34,6 +34,12 @@ def cpu_conv_is_exact() -> bool:
             and torch.backends.mkldnn.conv.fp32_precision in ("none", "ieee"))
 
 
+def elu_lookup(table: Tensor, a: Tensor, bound: int) -> Tensor:
+    """elu of int64 activations a in [-bound, bound], as the float32 a conv takes: table[a + bound].
+    index_select on the flat indices: 3x faster on the CPU than table[a] (advanced indexing)."""
+    return table.index_select(0, (a + bound).reshape(-1)).view(a.shape)
+
+
 @dataclass
 class IntConv:
     """acc = w_int (*) a + bias; out = (acc * mult + 2**(shift-1)) >> shift, per output channel."""
@@ -124,8 +130,7 @@ class IntCondNet:
         self.elu_input = self.elu.to(torch.float32)  # exact: |elu| <= act_bound < 2**24
 
     def act_elu(self, a: Tensor) -> Tensor:
-        """elu of int64 activations, as the float32 a conv takes."""
-        return self.elu_input[a + self.act_bound]
+        return elu_lookup(self.elu_input, a, self.act_bound)
 
     def conv_act(self, conv: IntConv, a: Tensor) -> Tensor:
         return conv(a, -self.act_bound, self.act_bound)
@@ -176,8 +181,7 @@ class IntPixelContext:
         self.elu_input = self.elu.to(torch.float32)
 
     def act_elu(self, a: Tensor) -> Tensor:
-        """elu of int64 activations, as the float32 a conv takes."""
-        return self.elu_input[a + self.act_bound]
+        return elu_lookup(self.elu_input, a, self.act_bound)
 
     def conv_act(self, conv: IntConv, a: Tensor) -> Tensor:
         return conv(a, -self.act_bound, self.act_bound)
