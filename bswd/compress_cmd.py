@@ -155,8 +155,8 @@ def _output_for(source: Path, output: Path | None, n_inputs: int, ext: str) -> P
 def run_decompress(files: list[Path], output: Path | None, model: Path | None, force: bool, device: str,
                    quiet: bool) -> Exit:
     from bswd.engine import StreamError
-    from bswd.files import IntegrityError, ModelMismatch, decompress_many
-    from bswd.images import ImageInputError
+    from bswd.files import IntegrityError, ModelMismatch, decompress_many, side_data
+    from bswd.images import ImageInputError, side_extension
     from bswd.model.modelfile import ModelFileError
     from bswd.model.registry import ModelNotFound, find_model
 
@@ -167,16 +167,21 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
     for src in files:
         try:
             f = container.decode(src.read_bytes())
+            # the target is known before decoding: an existing file fails now, not after minutes
+            target = _output_for(src, output, len(files), side_extension(side_data(f)))
+            if target.exists() and not force:
+                raise FileExistsError(f"{target}: already exists (use --force to overwrite)")
             if f.model_hash not in engines:
                 mf = find_model(f.model_hash, f.model_id, [model] if model else None)
                 engines[f.model_hash] = build_engine(mf, device)
             patches = sum(Geometry(p.height, p.width).n_patches for p in [f] if p.channels)
             t0 = time.perf_counter()
             with progress_bar(patches, "decompress", quiet) as bar:
-                [(image, ext)] = decompress_many(engines[f.model_hash], [f], bar)
+                [(image, _)] = decompress_many(engines[f.model_hash], [f], bar)
             seconds = time.perf_counter() - t0
-            target = _output_for(src, output, len(files), ext)
             atomic_write(target, image, overwrite=force)
+        except FileExistsError as exc:
+            fail(str(exc))
         except OSError as exc:
             fail(f"{src}: {exc.strerror or exc}")
         except (container.BswFormatError, StreamError, IntegrityError, ModelMismatch, ModelNotFound,

@@ -126,6 +126,14 @@ def split_image(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
     return split
 
 
+def side_extension(side: bytes) -> str:
+    """The extension join_image will give the rebuilt file, read from the side data alone."""
+    header, _ = unpack_side(side)
+    if not isinstance(header.get("extension"), str):
+        raise SideDataError("image side data names no output extension")
+    return header["extension"]
+
+
 def join_image(planes: Sequence[np.ndarray], side: bytes) -> tuple[bytes, str]:
     """Rebuild the file from decoded model planes and side data; returns (bytes, extension)."""
     header, blobs = unpack_side(side)

@@ -69,6 +69,21 @@ def test_existing_output_is_not_overwritten(tmp_path, model_path):
     assert (tmp_path / "a.png.bsw").read_bytes() == b"keep me"
 
 
+def test_decompress_refuses_an_existing_output_before_decoding(tmp_path, model_path):
+    src = save_png(tmp_path / "a.png", noise(8, 8, seed=3))
+    assert bswd("compress", src, "--model", model_path, "-q").exit_code == 0
+    src.write_bytes(b"keep me")
+    # no --model: the test model is not shipped, so decoding would fail "model not found"; the
+    # existing output is the error, so it was checked before any model or decoding
+    res = bswd("decompress", tmp_path / "a.png.bsw", "-q")
+    assert res.exit_code == 1, res.output
+    assert f"{src}: already exists (use --force to overwrite)" in res.output
+    assert src.read_bytes() == b"keep me"
+    res = bswd("decompress", tmp_path / "a.png.bsw", "--model", model_path, "--force", "-q")
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(pixels(src), noise(8, 8, seed=3))
+
+
 @pytest.mark.parametrize("name,content,reason", [
     ("empty.png", b"", "empty"),
     ("notes.png", b"these are my notes, not a picture\n", "not an image"),
