@@ -118,6 +118,7 @@ class DaemonConfig:
     verify: bool = True  # decode every output and compare before it is published
     skip_lossy_sources: bool = True  # JPEG inputs end as "skipped" with a reason
     drain_grace_s: float = 30.0
+    results_keep_hours: float = 168.0  # outputs kept in state_dir/results for `bswctl result`; 0 = forever
     submit_roots: tuple[Path, ...] = ()  # path submissions only inside these (none: refused)
     log_level: str = "info"
     torch_threads: int = 0  # 0 = bswd.shell.default_threads() (half the cores)

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -40,6 +41,8 @@ from bswd.metrics import Health, Metrics, MetricsServer, wipe_multiproc_dir
 from bswd.outputs import file_ident
 from bswd.server import FrontEnd, Requests, read_limited
 from bswd.watcher import FolderWatcher
+
+PRUNE_EVERY_S = 600.0  # how often expired results are looked for
 
 
 def _version() -> str:
@@ -306,9 +309,13 @@ class Daemon:
     def _serve(self, front: FrontEnd) -> None:
         watchdog_s = int(self.env.get("WATCHDOG_USEC", "0") or 0) / 2e6
         last_ping = 0.0
+        last_prune = -PRUNE_EVERY_S  # at start-up, then every PRUNE_EVERY_S
         while True:
             front.poll(100)
             now = self._clock()
+            if now - last_prune >= PRUNE_EVERY_S:
+                self._prune_results()
+                last_prune = now
             if watchdog_s and now - last_ping >= watchdog_s and all(t.is_alive() for t in self.threads):
                 sd_notify("WATCHDOG=1", self.env)
                 last_ping = now
@@ -332,6 +339,18 @@ class Daemon:
                     for t in self.threads:
                         t.join(timeout=30)
                     return
+
+    def _prune_results(self) -> None:
+        keep_h = self.config.results_keep_hours
+        if keep_h <= 0:
+            return
+        try:
+            pruned = self.store.prune_results(keep_h * 3600)
+        except (OSError, sqlite3.Error) as exc:
+            self.log.error("pruning results failed", extra={"fields": {"reason": str(exc)}})
+            return
+        if pruned:
+            self.log.info("deleted expired results", extra={"fields": {"jobs": len(pruned), "keep_hours": keep_h}})
 
     def _apply_reload(self) -> None:
         try:

@@ -262,6 +262,27 @@ class JobStore:
         self._drop_spool(job)
         return job
 
+    def prune_results(self, keep_s: float) -> list[int]:
+        """Delete the outputs kept in results/ (jobs without a target, fetched with ``result``) of
+        jobs that finished more than keep_s seconds ago; their rows stay (the idempotency keys and
+        the history), with ``output`` cleared. Returns the pruned job ids."""
+        cutoff = self._clock() - keep_s
+        with self._lock:
+            rows = self._db.execute("SELECT id, output FROM jobs WHERE state='done' AND target IS NULL "
+                                    "AND output IS NOT NULL AND finished < ?", (cutoff,)).fetchall()
+        pruned = []
+        for job_id, output in rows:
+            path = Path(output)
+            if path.parent != self.results_dir:
+                continue  # written elsewhere (a path submission's own target): never ours to delete
+            path.unlink(missing_ok=True)
+            with self._lock:
+                self._db.execute("UPDATE jobs SET output=NULL WHERE id=?", (job_id,))
+            pruned.append(job_id)
+        if pruned:
+            fsync_dir(self.results_dir)
+        return pruned
+
     # ---- queries -----------------------------------------------------------------------------
     def get(self, job_id: int) -> Job:
         with self._lock:

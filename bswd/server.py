@@ -148,6 +148,11 @@ class Requests:
         job_id = protocol.require_int(m, "job")
         assert job_id is not None
         job = self.store.get(job_id)
+        if job.state == "done" and not job.output and m.fields.get("fetch") is not False:
+            keep = self.config().results_keep_hours
+            return protocol.reply(m, Code.ERROR, job=job.public(),
+                                  error=f"job {job_id}'s output was deleted: results are kept {keep:g} hours "
+                                        "after a job ends (results_keep_hours)")
         if job.state != "done" or not job.output or m.fields.get("fetch") is False:
             return protocol.reply(m, Code.OK, job=job.public())
         try:

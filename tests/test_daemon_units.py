@@ -16,7 +16,9 @@ from bswd.config import ConfigError, load_config
 from bswd.jobs import JobConflict, JobStore, QueueFull
 from bswd.metrics import Metrics
 from bswd.outputs import apply_policy, file_ident
-from bswd.server import PathRefused, resolve_inside
+from bswd import protocol
+from bswd.protocol import Code
+from bswd.server import PathRefused, Requests, resolve_inside
 
 
 def test_store_recover_requeues_running_and_drops_orphans(tmp_path):
@@ -36,6 +38,40 @@ def test_store_recover_requeues_running_and_drops_orphans(tmp_path):
     with pytest.raises(QueueFull):
         store.submit("compress", "c.png", b"c", queue_max=1)
     assert len(list(store.spool_dir.iterdir())) == 1  # nothing spooled for the refused job
+
+
+def test_expired_results_are_deleted_and_result_says_why(tmp_path):
+    now = [1000.0]
+    store = JobStore(tmp_path / "state", clock=lambda: now[0])
+    elsewhere = tmp_path / "out" / "kept.bsw"
+    elsewhere.parent.mkdir()
+    jobs = []
+    for name, target in [("old.png", None), ("new.png", None), ("own.png", str(elsewhere.parent))]:
+        job, _ = store.submit("compress", name, b"x", target=target)
+        [job] = store.claim(1)
+        out = store.result_path(job, ".bsw") if target is None else elsewhere
+        out.write_bytes(b"coded " + name.encode())
+        store.finish(job.id, "done", output=str(out), output_bytes=len(name) + 6)
+        jobs.append(job.id)
+        now[0] += 3000  # old finished at 1000, new at 4000, own at 7000
+    now[0] = 1000 + 3600 + 1  # one hour and a second after the first job finished
+    assert store.prune_results(3600) == [jobs[0]]
+    assert sorted(p.name for p in store.results_dir.iterdir()) == [f"{jobs[1]}.bsw"]
+    assert store.get(jobs[0]).output is None and store.get(jobs[0]).state == "done"
+    now[0] = 1e9
+    assert store.prune_results(3600) == [jobs[1]]  # a job's own target is never the store's to delete
+    assert elsewhere.read_bytes() == b"coded own.png"
+
+    cfg = load_config(None, env={}, overrides={"results_keep_hours": 1.0})
+    requests = Requests(store, Metrics(CollectorRegistry(), "test"), lambda: cfg, lambda: None, lambda: False,
+                        lambda: None, dict, logging.getLogger("test"))
+    r = requests.handle(protocol.request("result", job=jobs[0]))
+    assert r.code == Code.ERROR and not r.payloads
+    assert r.fields["error"] == (f"job {jobs[0]}'s output was deleted: results are kept 1 hours after a job "
+                                 "ends (results_keep_hours)")
+    r = requests.handle(protocol.request("result", job=jobs[2]))
+    assert r.code == Code.OK and r.payloads == (b"coded own.png",)
+    store.close()
 
 
 def test_verification_failure_writes_nothing_and_counts(tmp_path, monkeypatch):
