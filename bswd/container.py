@@ -10,7 +10,8 @@ Byte layout of format v1 and v2 (every integer is little-endian; docs/format.md 
     trailer  total_len u64 (= file length) | file_crc u32 = CRC32 of bytes [0, total_len - 4)
 
 v2 differs only in the lane table: each entry also says which earlier lane donated the words this
-lane started from (donated lanes, engine.py), so an entry is 28 bytes instead of 16. A file
+lane started from, at which fork point, and how many (donated lanes, engine.py), so an entry is
+28 bytes instead of 16. A file
 without donated lanes is written as v1, which every release reads.
 
 Invariants: ``decode(encode(f)) == f`` and ``encode(decode(b)) == b`` for every ``b`` that decodes
@@ -211,17 +212,12 @@ class LaneInfo(NamedTuple):  # a lane-table entry
 
 
 def _check_donations(lanes: list[LaneInfo], error: Callable[[str], Exception]) -> None:
-    """A donor is an earlier lane that has no donor itself; its receivers share one fork point
-    within its patches."""
-    forks: dict[int, int] = {}
+    """A donor is an earlier lane (itself donated or not), and it gave at a fork point within its
+    patches; receivers of one donor may fork at different points (a tree of gifts)."""
     for i, x in enumerate(lanes):
-        if x.donor < 0:
-            continue
-        d = x.donor
-        if not (d < i and lanes[d].donor < 0 and 1 <= x.fork <= lanes[d].n_patches
-                and forks.setdefault(d, x.fork) == x.fork):
-            raise error(f"lane {i}: donor {d} with fork {x.fork} is not an earlier, undonated lane "
-                        f"and a fork point within its patches shared by all its receivers")
+        if x.donor >= 0 and not (x.donor < i and 1 <= x.fork <= lanes[x.donor].n_patches):
+            raise error(f"lane {i}: donor {x.donor} with fork {x.fork} is not an earlier lane "
+                        f"and a fork point within its patches")
 
 
 class SectionInfo(NamedTuple):  # a section-table entry

@@ -8,13 +8,16 @@ model is exact and every ANS operation acts row by row, so batch size and neighb
 a file.
 
 Donated lanes: a fresh lane's first patch pops its latents from seed bits that nothing pays back
-(~4-5 KB a lane with the default model), so independent lanes make an image larger. Instead, the
-lanes of an image come in groups of ``lanes_per_donor``: the group's first lane (the donor) starts
-from seed bits and, once it has pushed enough words (or after its last patch), hands the top
-``donation_words`` of its stack to each other lane of the group, whose first pops then consume
-real coded bits. Decoding mirrors it: the donated lanes decode first, end with exactly the words
-they were given, and those go back onto the donor's stack before it decodes its first patches.
-One seeded start per group instead of one per lane.
+(~4 KB a lane with the default model), so independent lanes make an image larger. Instead, the
+lanes of an image come in groups of ``lanes_per_donor``, and only the group's first lane starts
+from seed bits. Within a group, lanes give words in a binary tree (``donation_tree``): lane 0 of
+a group of 8 gives the top of its stack to lane 4 once it has pushed enough spare words, and with
+them the second half of its patches not coded yet; then lanes 0 and 4 give to lanes 2 and 6, then
+0, 2, 4, 6 to 1, 3, 5, 7. A receiver's first pops consume real coded bits, and the group reaches
+full width after three short rounds instead of one long one. Decoding mirrors it: a receiver
+decodes back to exactly the words it was given, which go back on its donor's stack when the donor
+has decoded back to the fork point. Receivers given at the same fork take their words in
+ascending lane order and get them back in descending order.
 """
 
 from __future__ import annotations
@@ -97,17 +100,36 @@ class _Task:
     info: float = 0.0
     result: LaneData | None = field(default=None, repr=False)
     donor: _Task | None = field(default=None, repr=False)
-    receivers: list[_Task] = field(default_factory=list, repr=False)
-    fork: int = -1  # donor: patches coded when it gives its words (-1: not yet, when encoding)
+    receivers: list[_Task] = field(default_factory=list, repr=False)  # in giving order
+    subtree: int = 1  # encoding: lanes its patches not coded yet are for (itself and its receivers to come)
+    given: int = 0  # encoding: receivers given so far
+    fork: int = -1  # receiver: patches its donor had coded when it gave (-1: not yet, when encoding)
     gift: np.ndarray | None = field(default=None, repr=False)  # receiver: the donor's words
-    gift_size: int = 0  # donor, encoding: words it gives each receiver
+    gift_size: int = 0  # encoding: words a donor gives each receiver (the group's root sets it)
     donated: int = 0  # receiver, decoding: how many words it must end with
-
-    restored: bool = False  # donor, decoding: its receivers' words are back on its stack
+    returned: bool = False  # receiver, decoding: its words are back on the donor's stack
 
     @property
     def n_patches(self) -> int:
         return self.end - self.start
+
+
+def donation_tree(group: list[_Task]) -> None:
+    """Plan who gives to whom in a group of lanes (consecutive, in patch order): the lanes [a, b)
+    start as lane a alone; a gives to m = a + ceil((b - a) / 2), which takes the lanes [m, b),
+    then [a, m) and [m, b) split the same way. Sets each task's receivers (giving order) and donor."""
+
+    def split(a: int, b: int) -> None:
+        if b - a < 2:
+            return
+        m = (a + b + 1) // 2
+        group[a].receivers.append(group[m])
+        group[m].donor, group[m].subtree = group[a], b - m
+        split(a, m)
+        split(m, b)
+
+    group[0].subtree = len(group)
+    split(0, len(group))
 
 
 class Engine:
@@ -139,12 +161,13 @@ class Engine:
             coded.append(CodedPlane(geom.height, geom.width, p.shape[2], scheme, seed, k, []))
             group = max(1, self.config.lanes_per_donor)
             for g in range(0, len(ranges), group):
-                # the donor spans its group's patches until it gives its words; then the patches
-                # it has not coded yet are shared out among the group (see _donate)
+                # the group's first lane spans all its patches; each gift hands a receiver a share
+                # of the patches not coded yet (see _donate)
                 members = ranges[g : g + group]
-                donor = _Task(i, g, members[0][0], members[-1][1])
-                donor.receivers = [_Task(i, g + j, -1, -1, donor=donor) for j in range(1, len(members))]
-                tasks += [donor, *donor.receivers]
+                lanes = [_Task(i, g, members[0][0], members[-1][1])]
+                lanes += [_Task(i, g + j, -1, -1) for j in range(1, len(members))]
+                donation_tree(lanes)
+                tasks += lanes
         self._run(tasks, coded, planes, PatchCoder(self.model, scheme), progress)
         for t in sorted(tasks, key=lambda t: (t.plane, t.lane)):
             coded[t.plane].lanes.append(t.result)
@@ -169,11 +192,10 @@ class Engine:
                 for t, lane in zip(plane_tasks, c.lanes):
                     if lane.donor >= 0:
                         donor = plane_tasks[lane.donor]
-                        if lane.donor >= t.lane or donor.donor is not None or donor.fork not in (-1, lane.fork) \
-                                or not 1 <= lane.fork <= donor.n_patches:
+                        if lane.donor >= t.lane or not 1 <= lane.fork <= donor.n_patches:
                             raise StreamError(f"lane {t.lane}: donor {lane.donor} at patch {lane.fork} is not a "
                                               "valid earlier lane and fork point")
-                        t.donor, t.donated, donor.fork = donor, lane.donated, lane.fork
+                        t.donor, t.donated, t.fork = donor, lane.donated, lane.fork
                         donor.receivers.append(t)
                 tasks += plane_tasks
             self._run(tasks, coded, out, PatchCoder(self.model, scheme), progress, decode=True)
@@ -193,9 +215,10 @@ class Engine:
         n_rows = min(self.config.max_rows, len(tasks))
         lanes = Lanes(n_rows, k, self.model.cfg.precision)
         reservoir = reservoir_words(self.model, coder.scheme, k)
-        # Encoding, donors go first (their receivers wait for their words); decoding, receivers go
-        # first, so a donor waiting in a slot for its words back never waits for a lane not started.
-        waiting = deque(sorted(tasks, key=lambda t: (t.donor is None) == decode))
+        # A donor is an earlier lane than its receivers. Encoding, donors go first (receivers wait
+        # for their words); decoding, receivers go first, so a donor waiting in a slot for words
+        # back never waits for a lane that has not started.
+        waiting = deque(sorted(tasks, key=lambda t: (t.plane, -t.lane if decode else t.lane)))
         slots: list[_Task | None] = [None] * n_rows
         while waiting or any(s is not None for s in slots):
             for r in range(n_rows):
@@ -238,7 +261,7 @@ class Engine:
                     t.info += float(bits)
             for r, t in zip(busy, active):
                 t.done += 1
-                if not decode and t.receivers and t.fork < 0:
+                if not decode and t.given < len(t.receivers):
                     self._donate(lanes, r, t, reservoir)
                 if t.done == t.n_patches:
                     self._finish(lanes, r, t, coded[t.plane], decode, reservoir)
@@ -251,43 +274,52 @@ class Engine:
                 progress(len(busy))
 
     def _donate(self, lanes: Lanes, row: int, t: _Task, reservoir: int) -> None:
-        """Encoding, after each patch of a donor: once it holds enough spare pushed words for every
-        receiver (or only one patch per receiver is left), each receiver takes the top words of
-        its stack, in receiver order, and the patches not coded yet are shared out: the donor
-        keeps the first share (none if only one patch per receiver is left)."""
-        n = len(t.receivers)
-        if t.done == 1:  # what its own first patch took from its seed words: what a receiver needs
+        """Encoding, after each patch of a lane with receivers still to give: the next receiver gets
+        its words once the lane holds enough spare pushed words, or at once when coding another
+        patch would leave fewer patches than lanes still to be served. With the words goes a share
+        of the patches not coded yet, in proportion to the lanes each side is for: the receiver
+        takes the last ones. Several receivers given at one fork take words in ascending lane order."""
+        if t.gift_size == 0:  # the group's root, after its first patch: what a receiver's first patch needs
             used = reservoir - int(lanes.low_water[row])
             t.gift_size = self.config.donation_words or used + used // 4 + 16
-        need = n * t.gift_size
-        left = t.n_patches - t.done
-        # pushed words it can spare: it keeps at least a fresh lane's reservoir, so its own next
-        # pops never run dry either
-        have = int(lanes.ptr[row]) - max(int(lanes.low_water[row]), reservoir)
-        if have < need and left > n:
-            return
-        have = max(have, 0)
-        t.fork = t.done
-        shares = lane_ranges(left, n + 1) if left > n else [(0, 0)] + [(j, j + 1) for j in range(n)]
-        begin = t.start + t.done
-        t.end = begin + shares[0][1]
-        each = min(t.gift_size, have // n)
-        for r, (a, b) in zip(t.receivers, shares[1:]):
-            r.start, r.end = begin + a, begin + b
+        # real words it can spare: the coded words above its seed bits (pushed, or given to it),
+        # less a cushion of one gift, so that its own next pops do not reach seed bits either
+        have = int(lanes.ptr[row]) - min(int(lanes.low_water[row]), reservoir) - t.gift_size
+        forks = []
+        while t.given < len(t.receivers):
+            r = t.receivers[t.given]
+            left = t.end - (t.start + t.done)
+            others = t.subtree - r.subtree - 1  # lanes besides t left to serve from t's share
+            if have < (len(forks) + 1) * t.gift_size and left > others + r.subtree:
+                break
+            share = min(max(round(left * r.subtree / t.subtree), r.subtree), left - others)
+            r.start, r.end = t.end - share, t.end
+            t.end = r.start
+            t.subtree -= r.subtree
+            t.given += 1
+            forks.append(r)
+        each = min(t.gift_size, max(have, 0) // len(forks)) if forks else 0
+        for r in sorted(forks, key=lambda r: r.lane):
+            r.fork, r.gift_size = t.done, t.gift_size
             r.gift = lanes.take_words(row, each)
 
     @staticmethod
-    def _waits(t: _Task, decode: bool) -> bool:
-        """Decoding: a donor with ``fork`` patches left waits for its receivers' words."""
-        return decode and bool(t.receivers) and not t.restored and t.n_patches - t.done == t.fork
+    def _due(t: _Task) -> list[_Task]:
+        """Decoding: the receivers whose words go back on t's stack now (t is back at their fork)."""
+        return [r for r in t.receivers if not r.returned and r.fork == t.n_patches - t.done]
 
-    @staticmethod
-    def _give_back(lanes: Lanes, row: int, t: _Task) -> None:
-        if t.receivers and not t.restored and t.n_patches - t.done == t.fork \
-                and all(r.gift is not None for r in t.receivers):
-            for r in reversed(t.receivers):  # the last receiver took the words from the top
+    @classmethod
+    def _waits(cls, t: _Task, decode: bool) -> bool:
+        """Decoding: a donor back at a fork point waits for those receivers' words."""
+        return decode and bool(cls._due(t))
+
+    @classmethod
+    def _give_back(cls, lanes: Lanes, row: int, t: _Task) -> None:
+        due = cls._due(t)
+        if due and all(r.gift is not None for r in due):
+            for r in sorted(due, key=lambda r: r.lane, reverse=True):  # the last to take, from the top
                 lanes.put_words(row, r.gift)
-            t.restored = True
+                r.returned = True
 
     @staticmethod
     def _finish(lanes: Lanes, row: int, t: _Task, c: CodedPlane, decode: bool, reservoir: int) -> None:
@@ -304,5 +336,5 @@ class Engine:
         else:
             low, heads, words = lanes.payload(row)
             donor = -1 if t.donor is None else t.donor.lane
-            t.result = LaneData(t.n_patches, low, heads, words, donor, t.donor.fork if t.donor else 0,
+            t.result = LaneData(t.n_patches, low, heads, words, donor, max(t.fork, 0),
                                 0 if t.gift is None else len(t.gift))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bswd.codec import Geometry, lane_ranges
+from bswd.codec import Geometry, lane_ranges, reservoir_words
 from bswd.engine import Engine, EngineConfig, StreamError
 from tests.conftest import noise
 
@@ -141,17 +141,18 @@ def test_padding_costs_no_bits(make_engine):
 
 
 def test_donated_lanes_start_from_their_donors_words(make_engine):
-    """Lanes in groups of 4: the first starts from seed bits and gives the others words of its own
-    stream, so the group pays one start-up instead of four; bytes never depend on the batch."""
+    """Lanes in groups of 4: the first starts from seed bits and the group's lanes give words of
+    their own streams in a tree (0 -> 2, then 0 -> 1 and 2 -> 3), so the group pays one start-up
+    instead of four; bytes never depend on the batch."""
     img = noise(96, 128, seed=51)  # 12 patches -> 12 lanes -> groups of 4, 4, 4
     engine = make_engine(min_patches_per_lane=1, lanes_per_donor=4)
     [coded] = round_trip(engine, [img])
     table = [(ln.donor, ln.fork, ln.donated > 0) for ln in coded.lanes]
-    donors = [0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8]
-    assert [d for d, _, _ in table] == [-1 if i == d else d for i, d in enumerate(donors)]
+    assert [d for d, _, _ in table] == [-1, 0, 0, 2, -1, 4, 4, 6, -1, 8, 8, 10]
     assert all(given for d, _, given in table if d >= 0)
-    assert len({f for d, f, _ in table if d == 0}) == 1  # one fork point per donor
-    assert sum(ln.n_patches for ln in coded.lanes) == 12
+    assert all(ln.n_patches == 1 for ln in coded.lanes)
+    # one patch per lane: lane 0 codes its patch, then must give at once to 2 and then to 1
+    assert [table[i][1] for i in (1, 2, 3)] == [1, 1, 1]
     independent = make_engine(min_patches_per_lane=1, lanes_per_donor=1).encode([img])[0]
     assert len(independent.lanes) == 12 and coded.stored_bits < independent.stored_bits
     for rows in (1, 3):  # a donor waiting for its receivers must not stall a small batch
@@ -160,6 +161,28 @@ def test_donated_lanes_start_from_their_donors_words(make_engine):
         assert np.array_equal(narrow.decode([coded])[0], img)
     together = make_engine(min_patches_per_lane=1, lanes_per_donor=4).encode([noise(40, 70, seed=52), img])
     assert lane_bytes([together[1]]) == lane_bytes([coded])
+
+
+def test_a_group_of_eight_gives_in_a_tree_of_three_rounds(make_engine, tiny_model):
+    """8 lanes of 6 patches: lane 0 gives to 4, then 0 and 4 to 2 and 6, then 0, 2, 4, 6 to 1, 3,
+    5, 7, each receiver with the patches its subtree codes; every lane's first pops take coded
+    words (none reaches its seed bits), and the file is the same whatever the batch."""
+    img = np.full((192, 256, 3), 77, dtype=np.uint8)  # 48 cheap patches: a gift takes a few of them
+    engine = make_engine(min_patches_per_lane=6, lanes_per_donor=8)
+    [coded] = round_trip(engine, [img])
+    assert [ln.donor for ln in coded.lanes] == [-1, 0, 0, 2, 0, 4, 4, 6]
+    assert sum(ln.n_patches for ln in coded.lanes) == 48 and all(ln.n_patches >= 1 for ln in coded.lanes)
+    fork = {i: ln.fork for i, ln in enumerate(coded.lanes)}
+    # lane 0 gives to 4 first, then 2, then 1 (two of them may share a fork); lane 4 gives to 6, then 5
+    assert fork[4] <= fork[2] <= fork[1] and fork[4] < fork[1] and fork[6] <= fork[5]
+    reservoir = reservoir_words(tiny_model, "bitswap", coded.head_width)
+    assert all(ln.donated > 0 and ln.low_water == reservoir for ln in coded.lanes[1:])
+    independent = make_engine(min_patches_per_lane=6, lanes_per_donor=1).encode([img])[0]
+    assert coded.stored_bits < independent.stored_bits
+    for rows in (1, 2, 5):  # donors waiting for receivers (decoding) must never stall a narrow batch
+        narrow = make_engine(min_patches_per_lane=6, lanes_per_donor=8, max_rows=rows)
+        assert lane_bytes(narrow.encode([img])) == lane_bytes([coded])
+        assert np.array_equal(narrow.decode([coded])[0], img)
 
 
 @pytest.mark.parametrize("change", [{"donated": 1}, {"fork": 2}, {"donor": 1}, {"donor": -1, "fork": 0, "donated": 0}])

@@ -87,16 +87,15 @@ def bsw_files(draw: st.DrawFn) -> BswFile:
     k = draw(st.integers(1, 5))
     lanes: list[LanePayload] = []
     for i in range(draw(st.integers(1, 3)) if channels else 0):
-        donated = i > 0 and draw(st.booleans())  # lanes 1, 2 may start from lane 0's words
-        fork = draw(st.integers(1, lanes[0].n_patches)) if donated else 0
+        donated = i > 0 and draw(st.booleans())  # lanes 1, 2 may start from an earlier lane's words
+        donor = draw(st.integers(0, i - 1)) if donated else -1
+        fork = draw(st.integers(1, lanes[donor].n_patches)) if donated else 0
         lanes.append(LanePayload(
             draw(st.integers(1, 2**32 - 1)), draw(st.integers(0, 2**32 - 1)),
             np.array(draw(st.lists(st.integers(HEAD_MIN, HEAD_END - 1), min_size=k, max_size=k)),
                      dtype=np.uint64),
             np.array(draw(st.lists(st.integers(0, 2**32 - 1), max_size=30)), dtype=np.uint32),
-            0 if donated else -1, fork, draw(st.integers(0, 2**32 - 1)) if donated else 0))
-    if len(lanes) == 3 and lanes[1].donor == lanes[2].donor == 0:  # one fork point per donor
-        lanes[2] = dataclasses.replace(lanes[2], fork=lanes[1].fork)
+            donor, fork, draw(st.integers(0, 2**32 - 1)) if donated else 0))
     lanes = tuple(lanes)
     sections = tuple(Section(draw(printable.filter(bool)), draw(st.binary(max_size=40)))
                      for _ in range(draw(st.integers(0, 3))))
@@ -370,9 +369,9 @@ def test_donated_lanes_need_v2_and_files_without_them_stay_v1() -> None:
 
 @pytest.mark.parametrize("lane, change, words", [
     (1, {"donor": 2}, "not an earlier"),  # a donor must come first
-    (2, {"donor": 1}, "not an earlier"),  # a donated lane cannot give
+    (1, {"donor": 1}, "not an earlier"),  # nor be the lane itself
     (1, {"fork": 5}, "fork point"),  # past the donor's 4 patches
-    (2, {"fork": 3}, "shared by all"),  # receivers of one donor fork together
+    (2, {"donor": 1, "fork": 4}, "fork point"),  # past lane 1's 3 patches (a donated lane may give)
 ])
 def test_inconsistent_donations_are_refused(lane: int, change: dict[str, int], words: str) -> None:
     f = donated_file()

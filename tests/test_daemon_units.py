@@ -12,11 +12,11 @@ import pytest
 from daemonkit import png_bytes, write_tiny_model
 from prometheus_client import CollectorRegistry
 
+from bswd import protocol
 from bswd.config import ConfigError, load_config
 from bswd.jobs import JobConflict, JobStore, QueueFull
 from bswd.metrics import Metrics
 from bswd.outputs import apply_policy, file_ident
-from bswd import protocol
 from bswd.protocol import Code
 from bswd.server import PathRefused, Requests, resolve_inside
 
