@@ -4,16 +4,20 @@ the time of the default layout goes.
 
 Layouts: `v1` = the old default (one independent lane per 256 patches: a 512x512 photo is one
 lane, coded one patch per step), `default` = today's EngineConfig (8 lanes for 512x512, donated
-in groups of 8). `--paths` also codes the default layout with the im2col + matmul convolution
-path that CUDA uses (NNPACK switched on makes the CPU take it) and checks identical streams.
+in groups of 8), then the default with `--workers` coder threads (what `bswd compress` uses on a
+CPU: one per core, each with one torch thread). `--paths` also codes the default layout with the
+im2col + matmul convolution path that CUDA uses (NNPACK switched on makes the CPU take it) and
+checks identical streams.
 
-    python benchmarks/cpu_speed.py [--model M.bswm] [--sides 512,2048] [--threads 1] [--profile 12] [--paths]
+    python benchmarks/cpu_speed.py [--model M.bswm] [--sides 512,2048] [--threads 1] [--workers 2]
+                                   [--profile 12] [--paths]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import os
 import platform
@@ -58,7 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--sides", default="512,2048")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--workers", type=int, default=2, help="coder threads of the last layout (EngineConfig.workers)")
     ap.add_argument("--profile", type=int, default=12, help="functions to list (0: no profile)")
     ap.add_argument("--paths", action="store_true", help="also time the im2col convolution path")
     args = ap.parse_args()
@@ -72,6 +77,9 @@ def main() -> None:
         mpix = side * side / 1e6
         runs = [(name, cfg, False) for name, cfg in LAYOUTS.items()] + ([("default", LAYOUTS["default"], True)]
                                                                         if args.paths else [])
+        if args.workers > 1:
+            threaded = dataclasses.replace(LAYOUTS["default"], workers=args.workers)
+            runs.append((f"{args.workers} workers", threaded, False))
         streams = {}
         for name, cfg, im2col in runs:
             engine = Engine(model, cfg)
@@ -92,11 +100,11 @@ def main() -> None:
                 s = io.StringIO()
                 pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.profile)
                 print("\n".join(line for line in s.getvalue().splitlines()[6:] if line.strip()))
-            if name == "default":
+            if name != "v1":
                 streams[label] = [(ln.heads.tobytes(), ln.words.tobytes()) for ln in coded.lanes]
-        if len(streams) == 2:
-            assert len(set(map(tuple, streams.values()))) == 1, "the two convolution paths gave different streams"
-            print(f"{side}x{side}: both convolution paths wrote identical streams")
+        if len(streams) >= 2:
+            assert len(set(map(tuple, streams.values()))) == 1, f"different streams: {', '.join(streams)}"
+            print(f"{side}x{side}: identical streams from {', '.join(streams)}")
 
 
 if __name__ == "__main__":

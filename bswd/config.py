@@ -121,7 +121,7 @@ class DaemonConfig:
     results_keep_hours: float = 168.0  # outputs kept in state_dir/results for `bswctl result`; 0 = forever
     submit_roots: tuple[Path, ...] = ()  # path submissions only inside these (none: refused)
     log_level: str = "info"
-    torch_threads: int = 0  # 0 = bswd.shell.default_threads() (half the cores)
+    torch_threads: int = 0  # CPU: coder threads (one torch thread each); 0 = bswd.shell.default_threads()
     batching: Batching = field(default_factory=Batching)
     limits: Limits = field(default_factory=Limits)
     curve: Curve = field(default_factory=Curve)

@@ -22,6 +22,7 @@ ascending lane order and get them back in descending order.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -48,6 +49,7 @@ class EngineConfig:
     seed: int = DEFAULT_SEED
     lanes_per_donor: int = 8  # group size: one seeded start per 8 lanes; 1 = every lane starts from seed bits
     donation_words: int = 0  # words a donor gives each receiver (0: 1.25 x what its own first patch took)
+    workers: int = 1  # threads coding at once, each with its own lane slots (CPU: one torch thread each)
 
 
 @dataclass
@@ -132,6 +134,17 @@ def donation_tree(group: list[_Task]) -> None:
     split(0, len(group))
 
 
+@dataclass
+class _Queue:
+    """The tasks not started yet, shared by the workers of one run (under ``cond``)."""
+
+    waiting: deque[_Task]
+    live: int  # workers still running
+    stalled: int = 0  # workers waiting for another's progress (gifts, receivers finishing)
+    error: BaseException | None = None
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
 class Engine:
     """Codes planes with one resident ``CodingModel`` (its networks live on one device)."""
 
@@ -212,35 +225,55 @@ class Engine:
 
     def _run_group(self, tasks: list[_Task], k: int, coded: list[CodedPlane], planes: list[np.ndarray],
                    coder: PatchCoder, progress: Progress | None, decode: bool) -> None:
-        n_rows = min(self.config.max_rows, len(tasks))
-        lanes = Lanes(n_rows, k, self.model.cfg.precision)
-        reservoir = reservoir_words(self.model, coder.scheme, k)
+        """Code every task: ``workers`` threads, each with its own lane slots, take tasks from one
+        queue. A lane's bytes do not depend on which worker codes it or next to what."""
+        workers = max(1, min(self.config.workers, len(tasks)))
+        n_rows = -(-min(self.config.max_rows, len(tasks)) // workers)
         # A donor is an earlier lane than its receivers. Encoding, donors go first (receivers wait
         # for their words); decoding, receivers go first, so a donor waiting in a slot for words
         # back never waits for a lane that has not started.
-        waiting = deque(sorted(tasks, key=lambda t: (t.plane, -t.lane if decode else t.lane)))
+        queue = _Queue(deque(sorted(tasks, key=lambda t: (t.plane, -t.lane if decode else t.lane))), workers)
+        args = (queue, n_rows, k, coded, planes, coder, progress, decode)
+        if workers == 1:
+            return self._worker(*args)
+        threads = [threading.Thread(target=self._guarded_worker, args=args, name=f"bswd-coder-{i}", daemon=True)
+                   for i in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if queue.error is not None:
+            raise queue.error
+
+    def _guarded_worker(self, queue: _Queue, *args) -> None:
+        try:
+            self._worker(queue, *args)
+        except BaseException as exc:  # handed to the calling thread, which re-raises it
+            with queue.cond:
+                queue.error = queue.error or exc
+                queue.cond.notify_all()
+
+    def _worker(self, queue: _Queue, n_rows: int, k: int, coded: list[CodedPlane], planes: list[np.ndarray],
+                coder: PatchCoder, progress: Progress | None, decode: bool) -> None:
+        lanes = Lanes(n_rows, k, self.model.cfg.precision)
+        reservoir = reservoir_words(self.model, coder.scheme, k)
         slots: list[_Task | None] = [None] * n_rows
-        while waiting or any(s is not None for s in slots):
-            for r in range(n_rows):
-                if slots[r] is None and waiting:
-                    t = next((t for t in waiting if decode or t.donor is None or t.gift is not None), None)
-                    if t is None:
-                        break
-                    waiting.remove(t)
-                    c = coded[t.plane]
-                    if decode:
-                        lane = c.lanes[t.lane]
-                        lanes.load(r, c.seed, t.lane, lane.low_water, lane.heads, lane.words)
-                    else:
-                        lanes.start(r, c.seed, t.lane, reservoir)
-                        if t.gift is not None:
-                            lanes.put_words(r, t.gift)
-                    slots[r] = t
-                    if decode:
-                        self._give_back(lanes, r, t)
-            busy = [r for r in range(n_rows) if slots[r] is not None and not self._waits(slots[r], decode)]
-            if not busy:
-                raise StreamError("donated lanes wait on each other (inconsistent lane table)")
+        while True:
+            with queue.cond:  # task hand-overs (words, patch ranges, starts) happen under the lock
+                if queue.error is not None:  # another worker failed: the run is over
+                    return
+                busy = self._fill(queue, lanes, slots, coded, reservoir, decode)
+                if not busy:
+                    if not queue.waiting and all(t is None for t in slots):
+                        queue.live -= 1
+                        queue.cond.notify_all()
+                        return
+                    if queue.stalled + 1 == queue.live:  # every other worker is stalled too
+                        raise StreamError("donated lanes wait on each other (inconsistent lane table)")
+                    queue.stalled += 1
+                    queue.cond.wait()
+                    queue.stalled -= 1
+                    continue
             rows = np.asarray(busy, dtype=np.int64)
             active = [slots[r] for r in busy]
             # the patch each busy lane codes now: ascending when encoding, descending when decoding
@@ -259,19 +292,40 @@ class Engine:
                 info = coder.encode(lanes, rows, x, mask)
                 for t, bits in zip(active, info):
                     t.info += float(bits)
-            for r, t in zip(busy, active):
-                t.done += 1
-                if not decode and t.given < len(t.receivers):
-                    self._donate(lanes, r, t, reservoir)
-                if t.done == t.n_patches:
-                    self._finish(lanes, r, t, coded[t.plane], decode, reservoir)
-                    slots[r] = None
-            if decode:  # a donor whose receivers all finished takes their words back
-                for r, t in enumerate(slots):
-                    if t is not None:
-                        self._give_back(lanes, r, t)
-            if progress is not None:
-                progress(len(busy))
+            with queue.cond:
+                for r, t in zip(busy, active):
+                    t.done += 1
+                    if not decode and t.given < len(t.receivers):
+                        self._donate(lanes, r, t, reservoir)
+                    if t.done == t.n_patches:
+                        self._finish(lanes, r, t, coded[t.plane], decode, reservoir)
+                        slots[r] = None
+                if progress is not None:
+                    progress(len(busy))
+                queue.cond.notify_all()  # gifts made or returned, slots freed: stalled workers look again
+
+    def _fill(self, queue: _Queue, lanes: Lanes, slots: list[_Task | None], coded: list[CodedPlane],
+              reservoir: int, decode: bool) -> list[int]:
+        """Under the queue's lock: start waiting tasks in free slots, give words back to donors
+        whose receivers have finished (decoding); returns the rows that can code a patch now."""
+        for r in range(len(slots)):
+            if slots[r] is None:
+                t = next((t for t in queue.waiting if decode or t.donor is None or t.gift is not None), None)
+                if t is None:
+                    continue
+                queue.waiting.remove(t)
+                c = coded[t.plane]
+                if decode:
+                    lane = c.lanes[t.lane]
+                    lanes.load(r, c.seed, t.lane, lane.low_water, lane.heads, lane.words)
+                else:
+                    lanes.start(r, c.seed, t.lane, reservoir)
+                    if t.gift is not None:
+                        lanes.put_words(r, t.gift)
+                slots[r] = t
+            if decode and slots[r] is not None:  # a donor whose receivers finished takes their words back
+                self._give_back(lanes, r, slots[r])
+        return [r for r, t in enumerate(slots) if t is not None and not self._waits(t, decode)]
 
     def _donate(self, lanes: Lanes, row: int, t: _Task, reservoir: int) -> None:
         """Encoding, after each patch of a lane with receivers still to give: the next receiver gets

@@ -185,6 +185,22 @@ def test_a_group_of_eight_gives_in_a_tree_of_three_rounds(make_engine, tiny_mode
         assert np.array_equal(narrow.decode([coded])[0], img)
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_coder_threads_write_the_same_bytes(make_engine, workers):
+    """Several coder threads, each with its own lane slots, take lanes from one queue (donors and
+    receivers may land in different threads): the files are those of one thread, both ways."""
+    planes = [np.full((192, 256, 3), 77, dtype=np.uint8), noise(70, 90, seed=55), noise(33, 17, 1, seed=56)]
+    one = make_engine(min_patches_per_lane=2, lanes_per_donor=8).encode(planes)
+    many = make_engine(min_patches_per_lane=2, lanes_per_donor=8, workers=workers, max_rows=4)
+    assert lane_bytes(many.encode(planes)) == lane_bytes(one)
+    for a, b in zip(many.decode(one), planes):
+        assert np.array_equal(a, b)
+    lanes = list(one[0].lanes)
+    lanes[5] = dataclasses.replace(lanes[5], heads=lanes[5].heads ^ np.uint64(1 << 40))
+    with pytest.raises(StreamError, match="lane 5 did not decode back"):  # raised in one thread, ends the run
+        many.decode([one[1], dataclasses.replace(one[0], lanes=lanes)])
+
+
 @pytest.mark.parametrize("change", [{"donated": 1}, {"fork": 2}, {"donor": 1}, {"donor": -1, "fork": 0, "donated": 0}])
 def test_a_wrong_donation_table_fails_loudly(make_engine, change):
     img = noise(64, 96, seed=53)  # 6 patches -> one donor and five receivers
