@@ -274,21 +274,21 @@ class Batcher:
         job = w.job
         target = Path(job.target) / out_name if job.target else self.store.result_path(job, w.ext)
         try:
-            publish(target, w.out)
+            written = publish(target, w.out)
         except OSError as exc:
             self._end(w, "failed", error=f"cannot write {target}: {exc}")
             return
-        note = ""
+        notes = [f"{target.name} is another file: wrote {written.name}"] if written != target else []
         if job.source and job.policy and job.watch:
             try:
-                note = apply_policy(Path(job.source), job.source_ident, job.policy,
-                                    self._done_dir_for(job.watch))
+                notes.append(apply_policy(Path(job.source), job.source_ident, job.policy,
+                                          self._done_dir_for(job.watch)))
             except OSError as exc:
-                note = f"policy {job.policy} failed: {exc}"
-                self.log.warning(note, extra={"fields": {"job": job.id}})
+                notes.append(f"policy {job.policy} failed: {exc}")
+                self.log.warning(notes[-1], extra={"fields": {"job": job.id}})
         bpd = 8 * len(w.out) / w.subpixels if job.op == "compress" and w.subpixels else None
-        self._end(w, "done", output=str(target), output_bytes=len(w.out), pixels=w.pixels,
-                  patches=w.patches, bits_per_dim=bpd, note=note)
+        self._end(w, "done", output=str(written), output_bytes=len(w.out), pixels=w.pixels,
+                  patches=w.patches, bits_per_dim=bpd, note="; ".join(filter(None, notes)))
 
     def _end(self, w: _Work, state: str, note: str = "", **values: Any) -> None:
         job = self.store.finish(w.job.id, state, **values)

@@ -16,7 +16,7 @@ from bswd import protocol
 from bswd.config import ConfigError, load_config
 from bswd.jobs import JobConflict, JobStore, QueueFull
 from bswd.metrics import Metrics
-from bswd.outputs import apply_policy, file_ident
+from bswd.outputs import apply_policy, file_ident, publish
 from bswd.protocol import Code
 from bswd.server import PathRefused, Requests, resolve_inside
 
@@ -106,6 +106,25 @@ def test_policy_touches_only_the_unchanged_original(tmp_path):
     assert f.exists()
     assert apply_policy(f, file_ident(f), "delete-after-verify", tmp_path / ".done") == "deleted"
     assert not f.exists()
+
+
+def test_publish_never_replaces_another_file(tmp_path):
+    out = tmp_path / "out"
+    first = publish(out / "IMG_0001.png.bsw", b"first image")
+    assert first == out / "IMG_0001.png.bsw"
+    assert publish(out / "IMG_0001.png.bsw", b"first image") == first  # the same output again: kept
+    # a reused name (a camera counter reset, a second image dropped under the same name)
+    assert publish(out / "IMG_0001.png.bsw", b"second image") == out / "IMG_0001-1.png.bsw"
+    assert publish(out / "IMG_0001.png.bsw", b"third image") == out / "IMG_0001-2.png.bsw"
+    assert publish(out / "IMG_0001.png.bsw", b"second image") == out / "IMG_0001-1.png.bsw"
+    (out / "keep.png").write_bytes(b"somebody's picture")
+    (out / "keep-1.png").mkdir()
+    assert publish(out / "keep.png", b"decoded") == out / "keep-2.png"
+    assert (out / "keep.png").read_bytes() == b"somebody's picture"
+    assert sorted(p.name for p in out.iterdir()) == ["IMG_0001-1.png.bsw", "IMG_0001-2.png.bsw", "IMG_0001.png.bsw",
+                                                     "keep-1.png", "keep-2.png", "keep.png"]
+    assert [(out / n).read_bytes() for n in ("IMG_0001.png.bsw", "IMG_0001-1.png.bsw", "IMG_0001-2.png.bsw")] == [
+        b"first image", b"second image", b"third image"]
 
 
 def test_config_precedence_file_env_flags(tmp_path):

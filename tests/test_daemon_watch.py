@@ -101,6 +101,13 @@ def test_watched_folders_chunks_polling_policies_and_restart(model_path, tmp_pat
         (move_in / "m.png").write_bytes(png_bytes(16, 16, seed=5))
         assert _wait_for(lambda: (move_in / ".done" / "m.png").exists(), 10)
         assert (move_out / "m.png.bsw").exists() and not (move_in / "m.png").exists()
+        # another image under the same name: neither the first output nor the first original is replaced
+        first = (move_out / "m.png.bsw").read_bytes()
+        (move_in / "m.png").write_bytes(png_bytes(16, 16, seed=6))
+        assert _wait_for(lambda: (move_in / ".done" / "m-1.png").exists(), 10)
+        assert (move_out / "m.png.bsw").read_bytes() == first
+        assert np.array_equal(pixels(_decode(d, move_out / "m-1.png.bsw")), pixels(png_bytes(16, 16, seed=6)))
+        assert (move_in / ".done" / "m.png").read_bytes() == png_bytes(16, 16, seed=5)
         n_jobs = len(all_jobs(d))
         assert (inbox / "chunked.png").exists()  # policy keep: originals stay
     finally:
@@ -112,9 +119,12 @@ def test_watched_folders_chunks_polling_policies_and_restart(model_path, tmp_pat
     try:
         time.sleep(1.5)  # longer than every settle time
         assert len(all_jobs(d2)) == n_jobs
-        # a file rewritten in place is a new version: taken again
+        # a file rewritten in place is a new version: taken again, next to the old version's output
+        old = (out / "before.png.bsw").read_bytes()
         (inbox / "before.png").write_bytes(png_bytes(16, 16, seed=10))
         assert _wait_for(lambda: len(all_jobs(d2)) == n_jobs + 1, 10)
+        assert _wait_for((out / "before-1.png.bsw").exists, 10)
+        assert (out / "before.png.bsw").read_bytes() == old
     finally:
         d2.stop()
 
