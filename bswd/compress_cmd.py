@@ -24,6 +24,17 @@ class _Job:
     split: object  # images.SplitImage
 
 
+class _WriteError(Exception):
+    """Writing an output failed (the message names the output, not the input)."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
 def _target_for(source: Path, output: Path | None, n_inputs: int) -> Path:
     if output is None:
         return source.with_name(source.name + BSW_SUFFIX)
@@ -52,12 +63,19 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
             fail(f"-o {output}: folder {output.parent} does not exist")
             return Exit.USAGE
     elif output is not None:
+        if output.exists() and not output.is_dir():
+            fail(f"-o {output}: exists and is not a folder (give a folder, or a new .bsw name with one input)")
+            return Exit.USAGE
         output.mkdir(parents=True, exist_ok=True)
     status = Exit.OK
     jobs: list[_Job] = []
     for src in files:
         target = _target_for(src, output, len(files))
         try:
+            if _same_file(target, src):
+                fail(f"{src}: its output would replace the input itself")
+                status = Exit.FAILED
+                continue
             if target.exists() and not force:
                 fail(f"{target}: already exists (use --force to overwrite)")
                 status = Exit.FAILED
@@ -128,7 +146,7 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
                                  decode_s * r.raw_bytes / max(1, raw_total)))
     mb = raw_total / 1e6
     speed = f"compress {mb / encode_s:.3f} MB/s" + (f", verify-decode {mb / decode_s:.3f} MB/s" if decode_s else "")
-    print(f"{written} of {len(jobs)} file(s) written, {human_bytes(raw_total)} raw pixels coded in "
+    print(f"{written} of {len(files)} file(s) written, {human_bytes(raw_total)} raw pixels coded in "
           f"{encode_s:.1f} s ({speed}, "
           f"device {engine.model.nets.device})")
     return status
@@ -169,6 +187,8 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
             f = container.decode(src.read_bytes())
             # the target is known before decoding: an existing file fails now, not after minutes
             target = _output_for(src, output, len(files), side_extension(side_data(f)))
+            if _same_file(target, src):
+                raise FileExistsError(f"{src}: its output would replace the input itself")
             if target.exists() and not force:
                 raise FileExistsError(f"{target}: already exists (use --force to overwrite)")
             if f.model_hash not in engines:
@@ -179,8 +199,13 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
             with progress_bar(patches, "decompress", quiet) as bar:
                 [(image, _)] = decompress_many(engines[f.model_hash], [f], bar)
             seconds = time.perf_counter() - t0
-            atomic_write(target, image, overwrite=force)
-        except FileExistsError as exc:
+            try:
+                atomic_write(target, image, overwrite=force)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                raise _WriteError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+        except (FileExistsError, _WriteError) as exc:
             fail(str(exc))
         except OSError as exc:
             fail(f"{src}: {exc.strerror or exc}")

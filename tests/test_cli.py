@@ -69,6 +69,31 @@ def test_existing_output_is_not_overwritten(tmp_path, model_path):
     assert (tmp_path / "a.png.bsw").read_bytes() == b"keep me"
 
 
+def test_an_output_never_replaces_its_own_input_even_with_force(tmp_path, model_path):
+    src = save_png(tmp_path / "a.png", noise(8, 8, seed=3))
+    assert bswd("compress", src, "--model", model_path, "-q").exit_code == 0
+    bsw = tmp_path / "a.png.bsw"
+    kept = bsw.read_bytes()
+    res = bswd("decompress", bsw, "-o", bsw, "--force", "--model", model_path, "-q")
+    assert res.exit_code == 1 and f"{bsw}: its output would replace the input itself" in res.output
+    assert bsw.read_bytes() == kept
+    # -o naming an existing file that is not a .bsw: a usage error, not a traceback
+    for extra in ([], ["--force"]):
+        res = bswd("compress", src, "-o", src, *extra, "--model", model_path, "-q")
+        assert res.exit_code == 2 and f"-o {src}: exists and is not a folder" in res.output
+    assert np.array_equal(pixels(src), noise(8, 8, seed=3))
+
+
+def test_summary_counts_every_input_and_write_errors_name_the_output(tmp_path, model_path):
+    good = save_png(tmp_path / "a.png", noise(8, 8, seed=3))
+    res = bswd("compress", good, tmp_path / "missing.png", "-o", tmp_path / "out", "--model", model_path, "-q")
+    assert res.exit_code == 1 and "1 of 2 file(s) written" in res.output
+    (tmp_path / "ro").mkdir()
+    target = tmp_path / "ro" / "sub" / "a.png"  # its folder does not exist: the write fails
+    res = bswd("decompress", tmp_path / "out" / "a.png.bsw", "-o", target, "--model", model_path, "-q")
+    assert res.exit_code == 1 and f"{target}: cannot write" in res.output
+
+
 def test_decompress_refuses_an_existing_output_before_decoding(tmp_path, model_path):
     src = save_png(tmp_path / "a.png", noise(8, 8, seed=3))
     assert bswd("compress", src, "--model", model_path, "-q").exit_code == 0
