@@ -152,9 +152,12 @@ def evaluate(
     model: Optional[Path] = MODEL_OPT,
     device: str = DEVICE_OPT,
     scheme: str = typer.Option("bitswap", help="bitswap or bbans."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write each image's .bsw here (the sizes reported are theirs)."),
+    out: Optional[Path] = typer.Option(None, "--out", help=(
+        "Also write each image's .bsw here (the sizes reported are theirs): its 8-bit RGB pixels "
+        "coded by the model alone; decompress gives them back as a PNG. Existing files are kept.")),
 ) -> None:
-    """-ELBO and actually-coded bits/dim per image, next to PNG, WebP and JPEG XL lossless."""
+    """-ELBO and actually-coded bits/dim per image, next to PNG, WebP and JPEG XL lossless
+    (8-bit RGB images; others are skipped with a note)."""
     from bswd.train_cmd import run_eval
 
     raise typer.Exit(int(run_eval(paths, model, device, scheme, out)))

@@ -155,9 +155,15 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
     for path in files:
         try:
             with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
+                mode = im.mode
+                rgb = np.asarray(im.convert("RGB")) if mode == "RGB" else None
         except OSError as exc:
             fail(f"{path}: {exc}")
+            status = Exit.FAILED
+            continue
+        if rgb is None:  # converting would change the picture (16-bit, alpha, palette, CMYK...)
+            fail(f"{path}: skipped: a {mode} image; eval measures the model on 8-bit RGB pictures "
+                 "(bswd compress codes every kind)")
             status = Exit.FAILED
             continue
         buf = _png_bytes(rgb)
@@ -171,7 +177,11 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
         dims = rgb.size
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            atomic_write(out / (path.name + ".bsw"), res.data, overwrite=True)
+            try:
+                atomic_write(out / (path.name + ".bsw"), res.data)
+            except OSError as exc:
+                fail(f"{out / (path.name + '.bsw')}: not written: {exc}")
+                status = Exit.FAILED
         sizes = {r.name: r.size_bytes for r in compare(rgb, ["png", "webp", "jxl"])}
         row = np.array([dims, res.info_bits, 8 * len(res.data), 8 * sizes["png"], 8 * sizes["webp"], 8 * sizes["jxl"]])
         totals += row

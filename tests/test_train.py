@@ -115,6 +115,28 @@ def test_eval_reports_the_sizes_of_the_files_it_writes(tmp_path):
     assert abs(bswd_bpd - 8 * size / (64 * 64 * 3)) < 5e-4
 
 
+def test_eval_skips_what_is_not_8_bit_rgb_and_keeps_existing_files(tmp_path):
+    """A 16-bit or RGBA picture would be measured (and its --out .bsw written) as something else."""
+    from PIL import Image
+
+    from tests.conftest import make_model_file
+
+    model = tmp_path / "m.bswm"
+    model.write_bytes(make_model_file().to_bytes())
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    Image.new("RGBA", (8, 8), (1, 2, 3, 4)).save(tmp_path / "alpha.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "home_64x64.png.bsw").write_bytes(b"mine")
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "deep.png"), str(tmp_path / "alpha.png"),
+                                   str(DATA / "home_64x64.png"), "--model", str(model), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1
+    assert f"{tmp_path / 'deep.png'}: skipped: a I;16 image" in res.output
+    assert f"{tmp_path / 'alpha.png'}: skipped: a RGBA image" in res.output
+    assert "home_64x64.png.bsw: not written" in res.output and "home_64x64.png " in res.output
+    assert (tmp_path / "out" / "home_64x64.png.bsw").read_bytes() == b"mine"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["home_64x64.png.bsw"]
+
+
 def test_cli_run_records_its_quantization_start(tmp_path):
     """`bswd train --qat-from`: the run folder's config says when quantization-aware training began."""
     import json
