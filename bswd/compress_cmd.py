@@ -220,7 +220,7 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
 
 
 def describe_bsw(f: container.BswFile, size: int) -> str:
-    from bswd.files import ABOUT, PLANE, STORED_JXL, about_lines, plane_files, stored_channels
+    from bswd.files import ABOUT, FALLBACKS, PLANE, STORED_JXL, about_lines, plane_files, stored_channels
 
     planes = plane_files(f)
     sizes = container.payload_sizes(f)
@@ -243,5 +243,14 @@ def describe_bsw(f: container.BswFile, size: int) -> str:
     ]
     if subpixels:
         lines.append(f"bits/dim         {8 * size / subpixels:.4f} (whole file over the planes' samples)")
-    lines += [f"part             {line}" for line in about_lines(f)]
+    # the about text was written before the model's code was compared with JPEG XL / raw: its
+    # i-th "via model" part is plane i, so say what actually holds each stored plane
+    stored_as = iter(next((("JPEG XL lossless" if sec.kind == STORED_JXL else "raw bytes")
+                           for sec in p.sections if stored_channels(p) and sec.kind in FALLBACKS), None)
+                     for p in planes)
+    for line in about_lines(f):
+        if line.endswith(" via model"):
+            how = next(stored_as, None)
+            line = line if how is None else line.removesuffix("model") + f"{how} (smaller than the model's code)"
+        lines.append(f"part             {line}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from bswd import container
 from bswd.cli import app
 from tests.conftest import make_model_file, noise
 
@@ -179,7 +180,20 @@ def test_inspect_shows_the_header(good_bsw):
     res = bswd("inspect", good_bsw)
     assert res.exit_code == 0, res.output
     assert "tiny-test" in res.output and "64x64" in res.output and "bits/dim" in res.output
-    assert "via model" in res.output or "stored raw" in res.output
+    f = container.decode(good_bsw.read_bytes())
+    kinds = [sec.kind for sec in f.sections if sec.kind in ("stored", "stored-jxl")]
+    how = {"stored": "raw bytes", "stored-jxl": "JPEG XL lossless"}[kinds[0]] if kinds else None
+    expected = f"image: RGB 8-bit via {how} (smaller than the model's code)" if how else "image: RGB 8-bit via model"
+    assert f"part             {expected}\n" in res.output
+
+
+def test_inspect_names_what_holds_a_plane_the_model_lost_to(tmp_path, model_path):
+    src = save_png(tmp_path / "n.png", noise(24, 40, seed=9))  # noise: the tiny model loses to raw
+    assert bswd("compress", src, "--model", model_path, "-q").exit_code == 0
+    res = bswd("inspect", tmp_path / "n.png.bsw")
+    assert "1 not model-coded" in res.output
+    assert "part             image: RGB 8-bit via raw bytes (smaller than the model's code)\n" in res.output
+    assert " via model" not in res.output
 
 
 def test_help_explains_every_option():
