@@ -135,6 +135,17 @@ def test_missing_local_file_is_a_usage_error(tmp_path):
     assert r.returncode == Exit.USAGE and "cannot read" in r.stderr
 
 
+def test_an_existing_output_is_refused_before_anything_is_submitted(tmp_path):
+    f = tmp_path / "a.png"
+    f.write_bytes(png_bytes(8, 8))
+    (tmp_path / "a.png.bsw").write_bytes(b"mine")
+    with FakeDaemon(lambda m: protocol.reply(m, protocol.Code.OK, job=1, state="queued")) as fake:
+        r = _ctl("--endpoint", fake.endpoint, "submit", "--wait", str(f))
+    assert r.returncode == Exit.USAGE
+    assert f"{tmp_path / 'a.png.bsw'}: already exists (use --force to overwrite); nothing submitted" in r.stderr
+    assert not fake.seen and (tmp_path / "a.png.bsw").read_bytes() == b"mine"
+
+
 def test_bswctl_never_imports_torch():
     code = ("import sys, bswctl.cli, bswctl.transport, bswd.protocol, bswd.config\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n"

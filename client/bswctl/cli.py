@@ -163,6 +163,12 @@ def submit(
             raise typer.Exit(int(Exit.USAGE)) from exc
     if output is not None and wait:
         output.mkdir(parents=True, exist_ok=True)
+    if wait and op == "compress" and not force:  # refuse now, not after the daemon did the work
+        taken = [target for f in files if (target := (output or f.parent) / compressed_name(f.name)).exists()]
+        for target in taken:
+            ctl.warn(f"{target}: already exists (use --force to overwrite); nothing submitted")
+        if taken:
+            raise typer.Exit(int(Exit.USAGE))
 
     def body(t: Transport) -> Exit:
         codes: list[Exit] = []
