@@ -8,8 +8,10 @@ the first frame of an animation), optionally centre-cropped to at most N×N. The
   the size is the whole ``.bsw`` (header, lanes, side data). Compress time is
   ``compress_images``; decompress time is ``container.decode`` + ``decompress_many`` (which also
   rebuilds the PPM file). The rebuilt pixels are compared with the input: that is "lossless".
-  Like ``bswd compress``, a plane whose model code would be larger than raw is stored raw
-  (``stored`` in the JSON); ``allow_stored=False`` (``--no-stored``) always codes with the model.
+  Like ``bswd compress``, a plane whose model code would be larger than JPEG XL lossless or raw
+  is stored that way (``stored`` in the JSON); ``allow_stored=False`` (``--no-stored``) always
+  codes with the model. (bench codes the RGB pixels of every input, so for a grey, palette or
+  alpha image its size differs from ``bswd compress`` of the file itself.)
 - ``model -ELBO``: the integer model's ideal code length (``Compressed.info_bits`` of the first
   scheme), the bound the ``.bsw`` size is measured against (DESIGN §7). It has no file and no time.
 - the classical codecs of ``bswd.classical`` (gzip, bzip2, xz/LZMA, PNG, WebP lossless at two
@@ -227,11 +229,11 @@ def measure_classical(rgb: np.ndarray, name: str, *, repeat: int = 1, clock: Clo
 
 
 def bound_row(bswd_rows: Sequence[Measured]) -> Measured:
-    """The -ELBO row from the first bswd row (unavailable when its plane was stored raw)."""
+    """The -ELBO row from the first bswd row (unavailable when its plane was not model-coded)."""
     first = bswd_rows[0]
     settings = f"integer model -ELBO ({first.result.name[5:]} run); no file, no time"
     if first.stored or not first.info_bits:
-        reason = "plane stored raw, model code was larger (measure with --no-stored)"
+        reason = "plane stored as JPEG XL lossless or raw, model code was larger (measure with --no-stored)"
         return Measured(CodecResult(BOUND, 0, 0.0, 0.0, False, reason), "bound", settings)
     size = math.ceil(first.info_bits / 8)
     return Measured(CodecResult(BOUND, size, 0.0, 0.0, True), "bound", settings, first.info_bits)
@@ -393,8 +395,8 @@ def _notes(rows: Sequence[Measured]) -> list[str]:
     notes = []
     for m in rows:
         if m.kind == "bswd" and m.stored:
-            notes.append(f"{m.result.name}: a plane was stored raw (the model's code was larger), "
-                         "as bswd compress does; --no-stored measures the model coding")
+            notes.append(f"{m.result.name}: a plane was stored as JPEG XL lossless or raw (the model's code "
+                         "was larger), as bswd compress does; --no-stored measures the model coding")
     if bound is not None and bound.info_bits:
         over = [f"{m.result.name} {100 * (8 * m.result.size_bytes / bound.info_bits - 1):+.2f}%"
                 for m in rows if m.kind == "bswd" and m.result.available and not m.stored]

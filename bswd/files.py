@@ -6,7 +6,8 @@ callers read and write (atomically) themselves.
 
 A .bsw holds the first model plane in its lanes; further planes (frames) are nested .bsw files in
 "plane" sections; the image's side data is a "side" section. A plane whose coded size would exceed
-its raw size is stored raw instead (a "stored" section), so tiny images never grow past raw + header.
+JPEG XL lossless or raw is stored that way instead ("stored-jxl" / "stored" sections), so a file
+never grows past the smaller of the two by more than the header and side data.
 """
 
 from __future__ import annotations
