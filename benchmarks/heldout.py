@@ -23,6 +23,7 @@ from bswd.engine import Engine, EngineConfig
 from bswd.model.modelfile import read_model_file
 from bswd.model.quant import load_coding_model
 from bswd.model.registry import default_model_path
+from bswd.shell import default_threads
 
 
 def heldout_images(root: Path, side: int) -> list[tuple[str, np.ndarray]]:
@@ -48,13 +49,14 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--side", type=int, default=512)
     ap.add_argument("--lanes", default="1,2,4,8,16")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="coder threads, one torch thread each, as bswd compress (0: one per core, at most 8)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    workers = args.threads or default_threads()
+    torch.set_num_threads(1)
     mf = read_model_file(args.model or default_model_path())
     model = load_coding_model(mf)
-    engine = Engine(model, EngineConfig())
+    engine = Engine(model, EngineConfig(workers=workers))
     engine.decode(engine.encode([np.zeros((64, 64, 3), np.uint8)]))  # compile the coder outside the timings
     print(f"model {mf.model_id} ({mf.sha256.hex()[:12]}), held-out crops of side <= {args.side}")
     print(f"{'image':44} {'size':>9} {'-ELBO':>7} {'coded':>7} {'png':>7} {'webp':>7} {'jxl':>7}  bits/dim")
@@ -77,14 +79,14 @@ def main() -> None:
               flush=True)
     print(f"{'overall':44} {'':9} " + " ".join(f"{v / tot[0]:7.3f}" for v in tot[1:]))
     mb = tot[0] / 1e6
-    print(f"model-coded speed on this machine ({torch.get_num_threads()} torch threads): "
+    print(f"model-coded speed on this machine ({workers} coder threads): "
           f"compress {mb / enc_s:.3f} MB/s, decompress {mb / dec_s:.3f} MB/s "
           f"of raw RGB ({tot[0] / 3 / 1e6 / enc_s:.3f} / {tot[0] / 3 / 1e6 / dec_s:.3f} MPix/s)")
     name, img = max(images, key=lambda x: x[1].size)
     print(f"\noverhead on {name} {img.shape[1]}x{img.shape[0]} (coded bits - integer -ELBO):")
     for n in [int(v) for v in args.lanes.split(",")]:
         patches = (-(-img.shape[0] // 32)) * (-(-img.shape[1] // 32))
-        eng = Engine(model, EngineConfig(min_patches_per_lane=max(1, patches // n)))
+        eng = Engine(model, EngineConfig(min_patches_per_lane=max(1, patches // n), workers=workers))
         [c] = eng.encode([img])
         print(f"  lanes {len(c.lanes):3}: coded {c.stored_bits / img.size:.4f}  -ELBO {c.info_bits / img.size:.4f}"
               f"  overhead {100 * (c.stored_bits - c.info_bits) / c.info_bits:5.2f}%", flush=True)
