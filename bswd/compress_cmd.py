@@ -47,7 +47,7 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
                  allow_lossy_source: bool, verify: bool, force: bool, max_pixels: int, device: str,
                  quiet: bool) -> Exit:
     from bswd.files import compress_images, decompress_many
-    from bswd.images import ImageInputError, split_image
+    from bswd.images import ImageInputError, raw_sample_bytes, split_image
 
     if scheme not in ("bitswap", "bbans"):
         fail(f"unknown scheme {scheme!r}; use bitswap or bbans")
@@ -138,7 +138,8 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
         written += 1
         bpd = f"{8 * len(r.data) / r.subpixels:.3f} bits/dim" if r.subpixels else "no model planes"
         print(f"{j.source} -> {j.target}: {len(j.data):,} -> {len(r.data):,} bytes, {bpd}"
-              + (f" ({100 * len(r.data) / r.raw_bytes:.1f}% of raw)" if r.raw_bytes else "")
+              + (f" ({100 * len(r.data) / raw:.1f}% of raw)" if (raw := raw_sample_bytes(j.split.side)
+                                                                       or r.raw_bytes) else "")
               + (f"; {r.fallback_planes} plane(s) stored as JPEG XL lossless or raw, smaller than the "
                  f"model's code ({r.model_only_bits / r.subpixels:.3f} bits/dim)" if r.fallback_planes else ""))
         if compare and j.split.planes:

@@ -126,6 +126,27 @@ def split_image(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
     return split
 
 
+def raw_sample_bytes(side: bytes) -> int:
+    """Bytes of the image's samples as stored uncompressed (16-bit samples count 2 bytes, alpha
+    and palette indices count too), from the side data's sample records; 0 if it has none."""
+    header, _ = unpack_side(side)
+    total = 0
+
+    def walk(node: Any) -> None:
+        nonlocal total
+        if isinstance(node, dict):
+            if {"shape", "dtype", "colour"} <= node.keys():  # one allocate_samples record
+                total += int(np.prod(node["shape"])) * np.dtype(node["dtype"]).itemsize
+                return
+            node = list(node.values())
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(header)
+    return total
+
+
 def side_extension(side: bytes) -> str:
     """The extension join_image will give the rebuilt file, read from the side data alone."""
     header, _ = unpack_side(side)

@@ -95,6 +95,17 @@ def test_summary_counts_every_input_and_write_errors_name_the_output(tmp_path, m
     assert res.exit_code == 1 and f"{target}: cannot write" in res.output
 
 
+def test_percent_of_raw_counts_every_stored_sample(tmp_path, model_path):
+    """16-bit samples are 2 raw bytes and alpha counts too, not just the 8-bit model planes."""
+    Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(noise(30, 40, 4, seed=4), "RGBA").save(tmp_path / "rgba.png")
+    res = bswd("compress", tmp_path / "g16.png", tmp_path / "rgba.png", "--model", model_path, "-q")
+    assert res.exit_code == 0, res.output
+    for name, raw in (("g16.png", 30 * 40 * 2), ("rgba.png", 30 * 40 * 4)):
+        size = (tmp_path / (name + ".bsw")).stat().st_size
+        assert f"-> {size:,} bytes" in res.output and f"({100 * size / raw:.1f}% of raw)" in res.output
+
+
 def test_decompress_refuses_an_existing_output_before_decoding(tmp_path, model_path):
     src = save_png(tmp_path / "a.png", noise(8, 8, seed=3))
     assert bswd("compress", src, "--model", model_path, "-q").exit_code == 0
