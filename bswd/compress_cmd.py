@@ -141,7 +141,8 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
               + (f" ({100 * len(r.data) / raw:.1f}% of raw)" if (raw := raw_sample_bytes(j.split.side)
                                                                        or r.raw_bytes) else "")
               + (f"; {r.fallback_planes} plane(s) stored as JPEG XL lossless or raw, smaller than the "
-                 f"model's code ({r.model_only_bits / r.subpixels:.3f} bits/dim)" if r.fallback_planes else ""))
+                 f"model's code for them ({r.model_only_bits / r.subpixels:.3f} bits per model-plane sample)"
+                 if r.fallback_planes else ""))
         if compare and j.split.planes:
             print(_compare_table(j.split.planes[0], r, encode_s * r.raw_bytes / max(1, raw_total),
                                  decode_s * r.raw_bytes / max(1, raw_total)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from pathlib import Path
@@ -140,7 +141,7 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
     from bswd import container
     from bswd.classical import compare
     from bswd.files import compress_images, decompress_many
-    from bswd.images import split_image
+    from bswd.images import ImageInputError, raw_sample_bytes, split_image
 
     files = image_paths(paths)
     if not files:
@@ -152,20 +153,27 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
     print(header)
     totals = np.zeros(6)
     status = Exit.OK
+    measured = 0
     for path in files:
         try:
-            with Image.open(path) as im:
+            data = path.read_bytes()
+            with Image.open(io.BytesIO(data)) as im:
                 mode = im.mode
-                rgb = np.asarray(im.convert("RGB")) if mode == "RGB" else None
-        except OSError as exc:
+            source = split_image(data, name=str(path), verify=False)
+        except (OSError, ImageInputError) as exc:
             fail(f"{path}: {exc}")
             status = Exit.FAILED
             continue
-        if rgb is None:  # converting would change the picture (16-bit, alpha, palette, CMYK...)
-            fail(f"{path}: skipped: a {mode} image; eval measures the model on 8-bit RGB pictures "
-                 "(bswd compress codes every kind)")
-            status = Exit.FAILED
+        planes = source.planes
+        # one 8-bit RGB plane holding every sample: anything else (16-bit, alpha, palette, grey,
+        # frames) would be measured, and written with --out, as a different picture
+        if len(planes) != 1 or planes[0].shape[2] != 3 or raw_sample_bytes(source.side) != planes[0].size:
+            what = "16-bit or multi-frame RGB" if mode == "RGB" else mode
+            print(f"bswd: note: {path}: skipped: a {what} image; eval measures the model on 8-bit RGB "
+                  "pictures (bswd compress codes every kind)", file=sys.stderr)
             continue
+        rgb = planes[0]
+        measured += 1
         buf = _png_bytes(rgb)
         split = split_image(buf, name=str(path), verify=False)
         [res] = compress_images(engine, [split], scheme, allow_stored=False)  # measure the model itself
@@ -188,6 +196,9 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
         print(f"{path.name[:32]:32} {rgb.shape[1]}x{rgb.shape[0]:<5} " + " ".join(f"{v / dims:7.3f}" for v in row[1:]))
     if totals[0]:
         print(f"{'overall':32} {'':9} " + " ".join(f"{v / totals[0]:7.3f}" for v in totals[1:]))
+    if not measured:
+        fail("no 8-bit RGB picture to measure")
+        return Exit.FAILED
     return status
 
 

@@ -146,6 +146,24 @@ def test_an_existing_output_is_refused_before_anything_is_submitted(tmp_path):
     assert not fake.seen and (tmp_path / "a.png.bsw").read_bytes() == b"mine"
 
 
+def test_decompress_and_duplicate_names_are_refused_before_submitting(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    for d in ("x", "y"):
+        (tmp_path / d / "p.png").write_bytes(png_bytes(8, 8))
+    (tmp_path / "p.png.bsw").write_bytes(b"coded")
+    (tmp_path / "p.png").write_bytes(b"already decoded")
+    with FakeDaemon(lambda m: protocol.reply(m, protocol.Code.OK, job=1, state="queued")) as fake:
+        r = _ctl("--endpoint", fake.endpoint, "submit", "--decompress", "--wait", str(tmp_path / "p.png.bsw"))
+        assert r.returncode == Exit.USAGE and f"{tmp_path / 'p.png'}: already exists" in r.stderr
+        out = tmp_path / "out"
+        r2 = _ctl("--endpoint", fake.endpoint, "submit", "--wait", "-o", str(out),
+                  str(tmp_path / "x" / "p.png"), str(tmp_path / "y" / "p.png"))
+        assert r2.returncode == Exit.USAGE
+        assert f"{tmp_path / 'y' / 'p.png'}: its output {out / 'p.png.bsw'} would also be " in r2.stderr
+    assert not fake.seen and (tmp_path / "p.png").read_bytes() == b"already decoded"
+
+
 def test_bswctl_never_imports_torch():
     code = ("import sys, bswctl.cli, bswctl.transport, bswd.protocol, bswd.config\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n"

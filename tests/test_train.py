@@ -123,15 +123,22 @@ def test_eval_skips_what_is_not_8_bit_rgb_and_keeps_existing_files(tmp_path):
 
     model = tmp_path / "m.bswm"
     model.write_bytes(make_model_file().to_bytes())
+    import imagecodecs
+
     Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    # Pillow opens 16-bit RGB as 8-bit "RGB": the check must not trust the mode
+    (tmp_path / "rgb16.png").write_bytes(imagecodecs.png_encode(np.full((8, 8, 3), 40000, dtype=np.uint16)))
     Image.new("RGBA", (8, 8), (1, 2, 3, 4)).save(tmp_path / "alpha.png")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "home_64x64.png.bsw").write_bytes(b"mine")
-    res = CliRunner().invoke(app, ["eval", str(tmp_path / "deep.png"), str(tmp_path / "alpha.png"),
-                                   str(DATA / "home_64x64.png"), "--model", str(model), "--out", str(tmp_path / "out")])
+    inputs = [str(tmp_path / n) for n in ("deep.png", "alpha.png", "rgb16.png")] + [str(DATA / "home_64x64.png")]
+    res = CliRunner().invoke(app, ["eval", *inputs, "--model", str(model), "--out", str(tmp_path / "out")])
     assert res.exit_code == 1
     assert f"{tmp_path / 'deep.png'}: skipped: a I;16 image" in res.output
     assert f"{tmp_path / 'alpha.png'}: skipped: a RGBA image" in res.output
+    assert f"{tmp_path / 'rgb16.png'}: skipped: a 16-bit or multi-frame RGB image" in res.output
+    assert [line.split()[0] for line in res.output.splitlines() if line.endswith(tuple("0123456789"))
+            and not line.startswith("bswd")] == ["home_64x64.png", "overall"]  # only the RGB photo measured
     assert "home_64x64.png.bsw: not written" in res.output and "home_64x64.png " in res.output
     assert (tmp_path / "out" / "home_64x64.png.bsw").read_bytes() == b"mine"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["home_64x64.png.bsw"]

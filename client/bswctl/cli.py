@@ -163,11 +163,19 @@ def submit(
             raise typer.Exit(int(Exit.USAGE)) from exc
     if output is not None and wait:
         output.mkdir(parents=True, exist_ok=True)
-    if wait and op == "compress" and not force:  # refuse now, not after the daemon did the work
-        taken = [target for f in files if (target := (output or f.parent) / compressed_name(f.name)).exists()]
-        for target in taken:
-            ctl.warn(f"{target}: already exists (use --force to overwrite); nothing submitted")
-        if taken:
+    if wait:  # refuse now what could not be written, not after the daemon did the work
+        problems = []
+        targets: dict[Path, Path] = {}
+        for f in files:
+            target = (output or f.parent) / _expected_name(f.name, op)
+            if target in targets:
+                problems.append(f"{f}: its output {target} would also be {targets[target]}'s output")
+            elif target.exists() and not force:
+                problems.append(f"{target}: already exists (use --force to overwrite)")
+            targets.setdefault(target, f)
+        for message in problems:
+            ctl.warn(message + "; nothing submitted")
+        if problems:
             raise typer.Exit(int(Exit.USAGE))
 
     def body(t: Transport) -> Exit:
@@ -195,6 +203,15 @@ def submit(
         return worst(codes)
 
     _run(ctl, body)
+
+
+def _expected_name(name: str, op: str) -> str:
+    """The output name --wait will write: a.png -> a.png.bsw; a.png.bsw -> a.png (a decompressed
+    file takes the extension of its format, normally the one before .bsw)."""
+    if op == "compress":
+        return compressed_name(name)
+    inner = name.removesuffix(".bsw")
+    return decompressed_name(name, os.path.splitext(inner)[1] or ".png")
 
 
 def _wait_all(ctl: Ctl, t: Transport, jobs: list[tuple[Path, int]], op: str, output: Path | None,
