@@ -130,6 +130,8 @@ class DaemonConfig:
     def __post_init__(self) -> None:
         if self.queue_max < 1:
             raise ConfigError("queue_max must be at least 1")
+        if self.results_keep_hours < 0:
+            raise ConfigError("results_keep_hours must be >= 0 (0 keeps results forever)")
         if self.batching.max_lanes < 1 or self.batching.max_delay_ms < 0:
             raise ConfigError("batching.max_lanes must be >= 1 and batching.max_delay_ms >= 0")
         if not self.endpoint.startswith(("tcp://", "ipc://")):

@@ -62,6 +62,8 @@ def test_expired_results_are_deleted_and_result_says_why(tmp_path):
     assert store.prune_results(3600) == [jobs[1]]  # a job's own target is never the store's to delete
     assert elsewhere.read_bytes() == b"coded own.png"
 
+    with pytest.raises(ConfigError, match="results_keep_hours must be >= 0"):
+        load_config(None, env={"BSWD_RESULTS_KEEP_HOURS": "-1"})
     cfg = load_config(None, env={}, overrides={"results_keep_hours": 1.0})
     requests = Requests(store, Metrics(CollectorRegistry(), "test"), lambda: cfg, lambda: None, lambda: False,
                         lambda: None, dict, logging.getLogger("test"))
