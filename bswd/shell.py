@@ -105,6 +105,9 @@ def load_model_file(path: Path | None):
     return read_model_file(path or default_model_path())
 
 
+CPU_ROWS_PER_THREAD = 16
+
+
 def default_threads() -> int:
     """Coder threads: one per core, at most 8; BSWD_THREADS overrides.
 
@@ -134,6 +137,9 @@ def build_engine(mf, device: str = "auto", threads: int | None = None, **engine_
     if torch.device(dev).type == "cpu":
         torch.set_num_threads(1)
         engine_options.setdefault("workers", n)
+        # 16 lanes per coder thread: a 2048x2048 photo coded 25% faster than with 32 per thread
+        # (0.66 vs 0.53 MPix/s on 2 cores; the GPU default of 64 rows in all stays for CUDA)
+        engine_options.setdefault("max_rows", CPU_ROWS_PER_THREAD * n)
     else:
         torch.set_num_threads(n)
     try:
