@@ -34,6 +34,7 @@ from bswd.model.integer import cpu_conv_is_exact
 from bswd.model.modelfile import read_model_file
 from bswd.model.quant import load_coding_model
 from bswd.model.registry import default_model_path
+from bswd.shell import CPU_ROWS_PER_THREAD
 
 PHOTO = Path(__file__).resolve().parent.parent / "tests" / "data" / "bird_512x512.png"
 LAYOUTS = {"v1": EngineConfig(min_patches_per_lane=256, lanes_per_donor=1), "default": EngineConfig()}
@@ -78,7 +79,8 @@ def main() -> None:
         runs = [(name, cfg, False) for name, cfg in LAYOUTS.items()] + ([("default", LAYOUTS["default"], True)]
                                                                         if args.paths else [])
         if args.workers > 1:
-            threaded = dataclasses.replace(LAYOUTS["default"], workers=args.workers)
+            threaded = dataclasses.replace(LAYOUTS["default"], workers=args.workers,
+                                           max_rows=CPU_ROWS_PER_THREAD * args.workers)  # as build_engine
             runs.append((f"{args.workers} workers", threaded, False))
         streams = {}
         for name, cfg, im2col in runs:
