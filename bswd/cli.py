@@ -101,6 +101,16 @@ def inspect(file: Path = typer.Argument(..., help="A .bsw file.")) -> None:
         raise typer.Exit(Exit.FAILED) from exc
     except container.BswFormatError as exc:
         fail(f"{file}: {exc}")
+        try:  # a damaged payload or trailer: the header may still say what the file was
+            h = container.peek_header(data)
+        except container.BswFormatError:
+            raise typer.Exit(Exit.FAILED) from exc
+        typer.echo(f"the header is intact (the file cannot be decoded):\n"
+                   f"format version   {h.format_version}\n"
+                   f"model            {h.model_id} (sha256 {h.model_hash.hex()})\n"
+                   f"image            {h.width}x{h.height}, {h.channels or 'no'} model channel(s), {h.scheme}\n"
+                   f"lanes            {len(h.lanes)}\n"
+                   f"file size        {len(data):,} bytes (the header announces {h.total_size:,})")
         raise typer.Exit(Exit.FAILED) from exc
     from bswd.compress_cmd import describe_bsw
 

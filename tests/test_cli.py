@@ -187,6 +187,21 @@ def test_other_model_is_refused_by_name_bug05(good_bsw, tmp_path):
     assert not (good_bsw.parent / "n.png").exists()
 
 
+def test_inspect_of_a_damaged_file_shows_its_intact_header(tmp_path, good_bsw):
+    data = bytearray(good_bsw.read_bytes())
+    data[-20] ^= 0xFF  # inside the payload: the file CRC fails, the header's own CRC holds
+    bad = tmp_path / "bad.bsw"
+    bad.write_bytes(bytes(data))
+    res = bswd("inspect", bad)
+    assert res.exit_code == 1 and "CRC32 mismatch" in res.output
+    assert "the header is intact (the file cannot be decoded)" in res.output
+    assert "model            tiny-test" in res.output and "64x64" in res.output
+    assert f"file size        {len(data):,} bytes (the header announces {len(data):,})" in res.output
+    (tmp_path / "junk.bsw").write_bytes(b"x" * 40)  # no header at all: the error alone
+    res = bswd("inspect", tmp_path / "junk.bsw")
+    assert res.exit_code == 1 and "header is intact" not in res.output
+
+
 def test_inspect_shows_the_header(good_bsw):
     res = bswd("inspect", good_bsw)
     assert res.exit_code == 0, res.output
