@@ -14,7 +14,11 @@ pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py tests/test_ans_torch.py
 python benchmarks/engine_bench.py --device cuda --side 512 --images 64 > "$OUT/gpu-bench.txt" 2>&1
 python benchmarks/ans_torch_bench.py >> "$OUT/gpu-bench.txt" 2>&1
 if [ -d data/photos ] || bswd data fetch data/photos > "$OUT/fetch.txt" 2>&1; then
-  cp -r ${RUN:-training/m3} /tmp/run && timeout $(( ${TRAIN_MINUTES:-8} * 60 )) \
+  cp -r ${RUN:-training/m3} /tmp/run
+  # a finished run only continues with more steps: add MORE_STEPS (default 40000) to its plan
+  python -c "import torch; p='/tmp/run/checkpoint.pt'; s=torch.load(p, weights_only=False); \
+s['train_config']['steps'] = s['step'] + int('${MORE_STEPS:-40000}'); torch.save(s, p)"
+  timeout $(( ${TRAIN_MINUTES:-8} * 60 )) \
     bswd train --resume /tmp/run --data data/photos --device cuda > "$OUT/train.txt" 2>&1
   cp /tmp/run/checkpoint.pt /tmp/run/log.csv /tmp/run/curve.png "$OUT/" 2>/dev/null
 fi
