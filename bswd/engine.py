@@ -336,9 +336,11 @@ class Engine:
         if t.gift_size == 0:  # the group's root, after its first patch: what a receiver's first patch needs
             used = reservoir - int(lanes.low_water[row])
             t.gift_size = self.config.donation_words or used + used // 4 + 16
-        # real words it can spare: the coded words above its seed bits (pushed, or given to it),
-        # less a cushion of one gift, so that its own next pops do not reach seed bits either
-        have = int(lanes.ptr[row]) - min(int(lanes.low_water[row]), reservoir) - t.gift_size
+        # words it can spare: it keeps a cushion of one gift above its seed bits (the coded words
+        # above them, pushed or given to it), so its own next pops do not reach seed bits either,
+        # and never fewer than a fresh lane's reservoir, so they can never run dry
+        low = min(int(lanes.low_water[row]), reservoir)
+        have = int(lanes.ptr[row]) - max(reservoir, low + t.gift_size)
         forks = []
         while t.given < len(t.receivers):
             r = t.receivers[t.given]

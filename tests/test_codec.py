@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bswd.codec import Geometry, lane_ranges, reservoir_words
 from bswd.engine import Engine, EngineConfig, StreamError
@@ -17,6 +19,9 @@ from tests.conftest import noise
 def tiny_model(request, tiny_model, context_model):
     """Every test here runs with both pixel likelihoods."""
     return tiny_model if request.param == "factorized" else context_model
+
+
+DATA = Path(__file__).parent / "data"
 
 
 def lane_bytes(coded) -> list[bytes]:
@@ -183,6 +188,23 @@ def test_a_group_of_eight_gives_in_a_tree_of_three_rounds(make_engine, tiny_mode
         narrow = make_engine(min_patches_per_lane=6, lanes_per_donor=8, max_rows=rows)
         assert lane_bytes(narrow.encode([img])) == lane_bytes([coded])
         assert np.array_equal(narrow.decode([coded])[0], img)
+
+
+def test_small_gifts_never_leave_a_donor_short_of_words():
+    """However few words a donor gives (EngineConfig.donation_words), it keeps a fresh lane's
+    reservoir for itself: with the shipped model on a photo, a donor that kept only its gift-sized
+    cushion above its seed bits popped past the bottom of its stack on the next patch."""
+    from bswd.model.modelfile import read_model_file
+    from bswd.model.quant import load_coding_model
+    from bswd.model.registry import default_model_path
+
+    model = load_coding_model(read_model_file(default_model_path()))
+    with Image.open(DATA / "bird_512x512.png") as im:
+        photo = np.asarray(im.convert("RGB"))[:256, :256].copy()
+    engine = Engine(model, EngineConfig(min_patches_per_lane=8, donation_words=700))
+    [coded] = round_trip(engine, [photo])
+    assert [ln.donor for ln in coded.lanes] == [-1, 0, 0, 2, 0, 4, 4, 6]
+    assert all(ln.donated <= 700 for ln in coded.lanes)
 
 
 @pytest.mark.parametrize("workers", [2, 3])
