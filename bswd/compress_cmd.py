@@ -46,6 +46,7 @@ def _target_for(source: Path, output: Path | None, n_inputs: int) -> Path:
 def run_compress(files: list[Path], output: Path | None, model: Path | None, scheme: str, compare: bool,
                  allow_lossy_source: bool, verify: bool, force: bool, max_pixels: int, device: str,
                  quiet: bool) -> Exit:
+    from bswd.ans import AnsError
     from bswd.files import compress_images, decompress_many
     from bswd.images import ImageInputError, raw_sample_bytes, split_image
 
@@ -110,8 +111,12 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
         return Exit.FAILED
     patches = sum(Geometry(p.shape[0], p.shape[1]).n_patches for j in jobs for p in j.split.planes)
     t0 = time.perf_counter()
-    with progress_bar(patches, "compress", quiet) as bar:
-        results = compress_images(engine, [j.split for j in jobs], scheme, bar)
+    try:
+        with progress_bar(patches, "compress", quiet) as bar:
+            results = compress_images(engine, [j.split for j in jobs], scheme, bar)
+    except AnsError as exc:  # an internal coding failure: say so, write nothing
+        fail(f"coding failed ({exc}); nothing written: please report it with the input files")
+        return Exit.FAILED
     encode_s = time.perf_counter() - t0
     decode_s = 0.0
     if verify:
