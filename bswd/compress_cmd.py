@@ -35,6 +35,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _target_refusal(src: Path, target: Path, force: bool) -> str | None:
+    """Why ``target`` may not be written for ``src`` (compress and decompress alike), else None."""
+    if _same_file(target, src):
+        return f"{src}: its output would replace the input itself"
+    if target.exists() and not force:
+        return f"{target}: already exists (use --force to overwrite)"
+    return None
+
+
 def _target_for(source: Path, output: Path | None, n_inputs: int) -> Path:
     if output is None:
         return source.with_name(source.name + BSW_SUFFIX)
@@ -73,12 +82,8 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
     for src in files:
         target = _target_for(src, output, len(files))
         try:
-            if _same_file(target, src):
-                fail(f"{src}: its output would replace the input itself")
-                status = Exit.FAILED
-                continue
-            if target.exists() and not force:
-                fail(f"{target}: already exists (use --force to overwrite)")
+            if refusal := _target_refusal(src, target, force):
+                fail(refusal)
                 status = Exit.FAILED
                 continue
             if any(j.target == target for j in jobs):
@@ -194,10 +199,8 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
             f = container.decode(src.read_bytes())
             # the target is known before decoding: an existing file fails now, not after minutes
             target = _output_for(src, output, len(files), side_extension(side_data(f)))
-            if _same_file(target, src):
-                raise FileExistsError(f"{src}: its output would replace the input itself")
-            if target.exists() and not force:
-                raise FileExistsError(f"{target}: already exists (use --force to overwrite)")
+            if refusal := _target_refusal(src, target, force):
+                raise FileExistsError(refusal)
             if f.model_hash not in engines:
                 mf = find_model(f.model_hash, f.model_id, [model] if model else None)
                 engines[f.model_hash] = build_engine(mf, device)

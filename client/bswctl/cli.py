@@ -23,7 +23,7 @@ import typer
 
 from bswctl.transport import BadReply, CurveKeys, NoReply, Transport
 from bswd import protocol
-from bswd.outputs import compressed_name, decompressed_name
+from bswd.outputs import BSW_SUFFIX, compressed_name, decompressed_name
 from bswd.protocol import Code, Message
 from bswd.shell import atomic_write
 
@@ -210,7 +210,7 @@ def _expected_name(name: str, op: str) -> str:
     file takes the extension of its format, normally the one before .bsw)."""
     if op == "compress":
         return compressed_name(name)
-    inner = name.removesuffix(".bsw")
+    inner = name.removesuffix(BSW_SUFFIX)
     return decompressed_name(name, os.path.splitext(inner)[1] or ".png")
 
 
