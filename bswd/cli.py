@@ -126,7 +126,7 @@ def train(
     batch: int = typer.Option(64, help="Patches per step."),
     width: int = typer.Option(48, help="Channels of the ResNets."),
     layers: int = typer.Option(3, help="Latent layers."),
-    latent_channels: int = typer.Option(8, help="Channels of each 16x16 latent layer."),
+    latent_channels: int = typer.Option(8, help="Channels of each 16x16 latent layer (fewer than an --init run's: keeps its most informative ones)."),
     context_width: int = typer.Option(32, help="Channels of the pixel-context stages' conv nets."),
     device: str = typer.Option("cpu", help="cpu or cuda (a resumed run may move to another device)."),
     pixel_context: bool = typer.Option(True, help="Pixel-context likelihood (polyphase stages) instead of a factorized one."),
@@ -135,13 +135,16 @@ def train(
     qat_from: float = typer.Option(0.3, "--qat-from", min=0.0, max=1.0,
                                    help="Fraction of the steps trained in plain float before quantization-aware training "
                                         "(a run started with --init from a trained model needs little float time)."),
+    lr: Optional[float] = typer.Option(None, "--lr", min=1e-6,
+                                       help="Starting learning rate (default 2e-3), decaying 4x over the run; "
+                                            "fine-tuning from --init wants less."),
 ) -> None:
     """Train a model (resumable: checkpoints every few minutes)."""
     from bswd.train_cmd import run_train
 
     raise typer.Exit(int(run_train(data, out, resume, steps, batch, width, layers, device,
                                    pixel_context=pixel_context, init=init, threads=threads, qat_from=qat_from,
-                                   latent_channels=latent_channels, context_width=context_width)))
+                                   latent_channels=latent_channels, context_width=context_width, lr=lr)))
 
 
 @app.command()

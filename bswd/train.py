@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from bswd.model.config import ModelConfig
-from bswd.model.net import BitSwapVAE, nats_to_bpd
+from bswd.model.net import BitSwapVAE, head_params, nats_to_bpd
+from bswd.model.prune import prune_latent_channels
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,33 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 @torch.no_grad()
+def latent_statistics(model: BitSwapVAE, patches: np.ndarray, batch: int = 128) -> tuple[Tensor, Tensor]:
+    """Per latent layer and channel [L, C]: the KL in bits per patch, and the mean of the network
+    input the channel's samples give the layers that read them (what pruning folds into biases)."""
+    cfg = model.cfg
+    kl = torch.zeros(cfg.n_layers, cfg.latent_channels)
+    means = torch.zeros(cfg.n_layers, cfg.latent_channels)
+    gen = torch.random.get_rng_state()
+    torch.manual_seed(12345)
+    model.eval()
+    device = next(model.parameters()).device
+    for i in range(0, len(patches), batch):
+        x = torch.from_numpy(patches[i : i + batch]).to(device).float()
+        _, _, kl_mean = model(x)
+        kl += kl_mean.cpu() * len(x)
+        cond = model.pixel_input(x)
+        for level in range(cfg.n_layers):
+            m, s = model.posteriors[level](cond)
+            mean, logscale = head_params(m, s, cfg.latent_head, model.quant)
+            u = torch.rand_like(mean).clamp(1e-6, 1 - 1e-6)
+            cond = model.latent_input(mean + torch.exp(logscale) * (torch.log(u) - torch.log1p(-u)))
+            means[level] += cond.mean(dim=(0, 2, 3)).cpu() * len(x)
+    torch.random.set_rng_state(gen)
+    model.train()
+    return kl / len(patches) / math.log(2.0), means / len(patches)
+
+
+@torch.no_grad()
 def evaluate(model: BitSwapVAE, patches: np.ndarray, batch: int = 128) -> float:
     """Mean -ELBO in bits/dim of the model (as it is, quant or not) on fixed patches."""
     model.eval()
@@ -114,6 +143,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.val_patches = data.validation(cfg.val_patches)
+        self.pruned_from: dict[str, Any] | None = None  # set by init_from when it prunes latent channels
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
@@ -136,10 +166,27 @@ class Trainer:
 
     def init_from(self, checkpoint: Path) -> tuple[int, int]:
         """Warm start: copy every weight of another run (its EMA) whose name and shape match
-        into both model and EMA; returns (tensors copied, tensors left at their fresh init)."""
+        into both model and EMA; returns (tensors copied, tensors left at their fresh init).
+
+        When this run has fewer latent channels than the other (same number of layers), the other
+        model keeps the channels that carry the most information (largest KL on this run's
+        validation patches) and is pruned to them first (model/prune.py); ``self.pruned_from``
+        records which channels were kept."""
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        weights = state["ema"]
+        other = ModelConfig.from_dict(state["train_config"]["model"])
+        own_cfg = self.cfg.model
+        if other.latent_channels > own_cfg.latent_channels and other.n_layers == own_cfg.n_layers:
+            big = BitSwapVAE(other)
+            big.load_state_dict(weights)
+            big.set_quant(True)
+            kl_bits, means = latent_statistics(big, self.val_patches)
+            keep = [sorted(torch.argsort(kl_bits[i], descending=True)[: own_cfg.latent_channels].tolist())
+                    for i in range(other.n_layers)]
+            weights = prune_latent_channels(weights, other.n_layers, other.latent_channels, keep, means)
+            self.pruned_from = {"kept": keep, "kl_bits_per_patch": kl_bits.tolist()}
         own = self.model.state_dict()
-        match = {k: v for k, v in state["ema"].items() if k in own and own[k].shape == v.shape}
+        match = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
         self.model.load_state_dict(match, strict=False)
         self.ema.load_state_dict(match, strict=False)
         return len(match), len(own) - len(match)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".we
 
 def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: int, batch: int, width: int,
               layers: int, device: str, pixel_context: bool = True, init: Path | None = None,
-              threads: int = 0, qat_from: float = 0.3, latent_channels: int = 8, context_width: int = 32) -> Exit:
+              threads: int = 0, qat_from: float = 0.3, latent_channels: int = 8, context_width: int = 32,
+              lr: float | None = None) -> Exit:
     import torch
 
     from bswd.model.config import ModelConfig
@@ -49,7 +51,8 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
             if init is not None and not (init / CHECKPOINT).exists():
                 fail(f"--init {init}: no {CHECKPOINT} there")
                 return Exit.USAGE
-            cfg = TrainConfig(steps=steps, batch=batch, device=device, threads=threads, qat_start=qat_from,
+            rates = {} if lr is None else {"lr": lr, "lr_final": lr / 4}  # the recipe's 4x decay
+            cfg = TrainConfig(steps=steps, batch=batch, device=device, threads=threads, qat_start=qat_from, **rates,
                               model=ModelConfig(width=width, n_layers=layers, pixel_context=pixel_context,
                                                 latent_channels=latent_channels, context_width=context_width))
             out.mkdir(parents=True, exist_ok=True)
@@ -57,6 +60,12 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
             if init is not None:
                 loaded, fresh = trainer.init_from(init / CHECKPOINT)
                 print(f"initialized {loaded} tensors from {init}; {fresh} start fresh", file=sys.stderr)
+                if trainer.pruned_from is not None:
+                    kept = trainer.pruned_from["kept"]
+                    record = {"init": str(init), **trainer.pruned_from}
+                    (out / "pruned_from.json").write_text(json.dumps(record, indent=2))
+                    print(f"kept the latent channels with the most information: {kept} (pruned_from.json)",
+                          file=sys.stderr)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
         return Exit.FAILED
