@@ -1,7 +1,11 @@
 """Engine throughput for batches of many images: MPix/s and MB/s of raw RGB, compress and
 decompress, every image verified. Works on CPU and GPU.
 
-    python benchmarks/engine_bench.py [--device cpu|cuda] [--side 256] [--images 16] [--rows 64]
+    python benchmarks/engine_bench.py [--device cpu|cuda] [--backend auto|numpy|torch] [--side 256]
+                                      [--images 16] [--rows 64]
+
+--backend numpy keeps the ANS on the host (numba) with the networks on --device; torch codes the
+whole step on --device (codec_torch); auto is torch on a GPU, numpy on the CPU.
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=64, help="lanes coded per step")
     ap.add_argument("--patches-per-lane", type=int, default=128)
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"])
     args = ap.parse_args()
     mf = read_model_file(args.model or default_model_path())
     engine = Engine(load_coding_model(mf, args.device),
-                    EngineConfig(max_rows=args.rows, min_patches_per_lane=args.patches_per_lane))
+                    EngineConfig(max_rows=args.rows, min_patches_per_lane=args.patches_per_lane,
+                                 backend=args.backend))
     planes = images(args.side, args.images)
     engine.encode(planes[:1])  # warm-up: JIT compile and device start-up are not throughput
     t = time.perf_counter()
@@ -62,7 +68,7 @@ def main() -> None:
     bits = sum(c.stored_bits for c in coded)
     lanes = sum(len(c.lanes) for c in coded)
     print(f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, device "
-          f"{args.device}, model {mf.model_id}")
+          f"{args.device}, backend {args.backend}, model {mf.model_id}")
     print(f"{args.images} images {args.side}x{args.side}, {lanes} lanes, {args.rows} rows per step: "
           f"compress {pix / enc / 1e6:.3f} MPix/s ({3 * pix / enc / 1e6:.3f} MB/s), "
           f"decompress {pix / dec / 1e6:.3f} MPix/s ({3 * pix / dec / 1e6:.3f} MB/s), "

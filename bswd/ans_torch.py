@@ -459,9 +459,63 @@ class TorchLanes:
         self.precision = precision
         self.head_width = heads.shape[1]
 
+    @classmethod
+    def empty(cls, n_rows: int, head_width: int, precision: int, device: str | torch.device = "cpu",
+              capacity: int = 1024) -> TorchLanes:
+        """Idle lane slots on a device, as ``Lanes(n_rows, head_width, precision)``."""
+        return cls.from_lanes(Lanes(n_rows, head_width, precision, capacity), device)
+
     @property
     def device(self) -> torch.device:
         return self.heads.device
+
+    # ---- lane set-up, read-out and gifts: ans.Lanes's methods, run on a host copy of one row ----
+    # They happen once per lane (start, finish, donation), not per patch, so copying a row is cheap
+    # next to coding, and the rules stay written once, in ans.Lanes.
+    def _host_row(self, row: int) -> Lanes:
+        host = Lanes(1, self.head_width, self.precision, capacity=self.words.shape[1])
+        host.heads[0] = self.heads[row].cpu().numpy()
+        host.words[0] = self.words[row].cpu().numpy().view(np.uint32)
+        host.ptr[0], host.low_water[0] = int(self.ptr[row]), int(self.low_water[row])
+        return host
+
+    def _store_row(self, row: int, host: Lanes) -> None:
+        self.reserve(host.words.shape[1])
+        n = host.words.shape[1]
+        self.words[row, :n] = torch.from_numpy(host.words[0].view(np.int32)).to(self.device)
+        self.heads[row] = torch.from_numpy(host.heads[0]).to(self.device)
+        self.ptr[row], self.low_water[row] = int(host.ptr[0]), int(host.low_water[0])
+
+    def _on_host(self, row: int, method: str, *args, store: bool = False):
+        host = self._host_row(row)
+        result = getattr(host, method)(0, *args)
+        if store:
+            self._store_row(row, host)
+        return result
+
+    def start(self, row: int, seed: int, lane: int, reservoir: int) -> None:
+        self._on_host(row, "start", seed, lane, reservoir, store=True)
+
+    def load(self, row: int, seed: int, lane: int, low_water: int, heads: np.ndarray, words: np.ndarray) -> None:
+        self._on_host(row, "load", seed, lane, low_water, heads, words, store=True)
+
+    def content_words(self, row: int) -> int:
+        return int(self.ptr[row] - self.low_water[row])
+
+    def take_words(self, row: int, count: int) -> np.ndarray:
+        return self._on_host(row, "take_words", count, store=True)
+
+    def put_words(self, row: int, words: np.ndarray) -> None:
+        self._on_host(row, "put_words", words, store=True)
+
+    def is_initial_below(self, row: int, seed: int, lane: int, reservoir: int) -> np.ndarray | None:
+        return self._on_host(row, "is_initial_below", seed, lane, reservoir)
+
+    def payload(self, row: int) -> tuple[int, np.ndarray, np.ndarray]:
+        return self._on_host(row, "payload")
+
+    def is_initial(self, row: int, seed: int, lane: int) -> bool:
+        return self._on_host(row, "is_initial", seed, lane)
 
     @classmethod
     def from_lanes(cls, lanes: Lanes, device: str | torch.device = "cpu") -> TorchLanes:

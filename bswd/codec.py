@@ -1,5 +1,9 @@
 """Bit-Swap and BB-ANS over lanes of 32x32 patches. Pure numpy: no torch, files or sockets.
 
+The coding order lives here once; codec_torch.TorchPatchCoder runs the same methods on torch
+tensors on a device by overriding the array primitives (pushes, pops, padding, new arrays), so
+the polyphase helpers below take numpy arrays or torch tensors alike.
+
 The model is reached through ``CodingModel`` (model/quant.py): integer networks that map integer
 conditioning to integer (mean, scale index) parameters, and the integer CDF families of tables.py.
 
@@ -91,14 +95,27 @@ def patch_mask(h: int, w: int, channels: int) -> np.ndarray:
 POLYPHASE = ((0, 0), (1, 1), (0, 1), (1, 0))  # the pixel-context stages' sub-lattices (net.POLYPHASE)
 
 
+def _empty(like, shape: tuple[int, ...]):
+    """An uninitialized array of ``like``'s kind, dtype and device (numpy array or torch tensor)."""
+    return like.new_empty(shape) if hasattr(like, "new_empty") else np.empty(shape, dtype=like.dtype)
+
+
+def as_int64(a):
+    return a.long() if hasattr(a, "long") else a.astype(np.int64)
+
+
 def split_polyphase(x: np.ndarray) -> np.ndarray:
-    """[n, 3, 32, 32] -> [n, 4, 3, 16, 16]: the 2x2 sub-lattices in decoding order."""
-    return np.stack([x[:, :, dy::2, dx::2] for dy, dx in POLYPHASE], axis=1)
+    """[n, C, 32, 32] -> [n, 4, C, 16, 16]: the 2x2 sub-lattices in decoding order."""
+    n, c = x.shape[:2]
+    out = _empty(x, (n, 4, c, PATCH // 2, PATCH // 2))
+    for s, (dy, dx) in enumerate(POLYPHASE):
+        out[:, s] = x[:, :, dy::2, dx::2]
+    return out
 
 
 def merge_polyphase(parts: np.ndarray) -> np.ndarray:
-    n = parts.shape[0]
-    x = np.empty((n, 3, PATCH, PATCH), dtype=parts.dtype)
+    n, _, c = parts.shape[:3]
+    x = _empty(parts, (n, c, PATCH, PATCH))
     for s, (dy, dx) in enumerate(POLYPHASE):
         x[:, :, dy::2, dx::2] = parts[:, s]
     return x
@@ -109,7 +126,11 @@ def context_pixels(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     image, 128 outside it (edge patches: the replicated padding is not known to the decoder
     until the whole patch is decoded). A grey patch's G and B channels repeat R, as in x."""
     inside = mask[:, :1]  # channel 0 is coded wherever the patch is inside the image
-    return split_polyphase(np.where(inside, x.astype(np.int64), 128))
+    return split_polyphase(as_int64(x) * inside + 128 * ~inside)
+
+
+def as_uint8(a):
+    return a.byte() if hasattr(a, "byte") else a.astype(np.uint8)
 
 
 def extract_patch(image: np.ndarray, geom: Geometry, index: int) -> np.ndarray:
@@ -142,6 +163,21 @@ class PatchCoder:
         self.model = model
         self.scheme = scheme
         self.compiled = compiled and ans_kernels.AVAILABLE
+        # what the coding order below calls; TorchPatchCoder swaps in device versions
+        self.nets = model.nets
+        self.pixels = model.pixels
+        self.latents = model.latents
+
+    def new_lanes(self, n_rows: int, head_width: int) -> Lanes:
+        """Lane slots this coder codes on (the engine's per-worker state)."""
+        return Lanes(n_rows, head_width, self.model.cfg.precision)
+
+    def _new_info(self, n: int) -> np.ndarray:
+        return np.zeros(n)
+
+    def _fill_padding(self, x: np.ndarray, extents: list[tuple[int, int]], channels: list[int]) -> None:
+        for i, ((h, w), c) in enumerate(zip(extents, channels)):
+            fill_padding(x[i], h, w, c)
 
     # ---- tensor-level push/pop through a lane's heads -------------------------------------------
     @staticmethod
@@ -222,39 +258,39 @@ class PatchCoder:
 
     # ---- the distributions -------------------------------------------------------------------
     def push_latent_q(self, lanes, rows, level, cond, z, info) -> None:
-        mean, sidx = self.model.nets.posterior(level, cond)
-        self._push(lanes, rows, *self.model.latents.encode_params(z, mean, sidx), None, info)
+        mean, sidx = self.nets.posterior(level, cond)
+        self._push(lanes, rows, *self.latents.encode_params(z, mean, sidx), None, info)
 
     def pop_latent_q(self, lanes, rows, level, cond, info) -> np.ndarray:
-        mean, sidx = self.model.nets.posterior(level, cond)
-        return self._pop_family(lanes, rows, self.model.latents, mean, sidx, None, info)
+        mean, sidx = self.nets.posterior(level, cond)
+        return self._pop_family(lanes, rows, self.latents, mean, sidx, None, info)
 
     def push_below(self, lanes, rows, level, z, below, mask, info) -> None:
         """Push z_{level-1} (pixels at level 1) under p(z_{level-1} | z_level)."""
-        if level == 1 and self.model.nets.pixel_context:
+        if level == 1 and self.nets.pixel_context:
             return self.push_pixels_context(lanes, rows, z, below, mask, info)
-        mean, sidx = self.model.nets.generative(level, z)
-        family = self.model.pixels if level == 1 else self.model.latents
-        self._push(lanes, rows, *family.encode_params(below.astype(np.int64), mean, sidx),
+        mean, sidx = self.nets.generative(level, z)
+        family = self.pixels if level == 1 else self.latents
+        self._push(lanes, rows, *family.encode_params(as_int64(below), mean, sidx),
                    mask if level == 1 else None, info)
 
     def pop_below(self, lanes, rows, level, z, mask, info) -> np.ndarray:
-        mean, sidx = self.model.nets.generative(level, z)
-        family = self.model.pixels if level == 1 else self.model.latents
+        mean, sidx = self.nets.generative(level, z)
+        family = self.pixels if level == 1 else self.latents
         return self._pop_family(lanes, rows, family, mean, sidx, mask if level == 1 else None, info)
 
     # ---- p(x | z_1) with pixel context: four polyphase stages, R then G then B in each -----------
     def push_pixels_context(self, lanes, rows, z1, x, mask, info) -> None:
         """Push every pixel of x under the pixel-context likelihood; the groups go on in reverse
         decoding order, so the decoder pops sub-lattice 0's R first."""
-        nets = self.model.nets
+        nets = self.nets
         ctx, cmask = context_pixels(x, mask), split_polyphase(mask)
         trunk = nets.pixel_trunk(z1)
         groups = []
         for s in range(4):  # teacher-forced: the decoder will have exactly these pixels at each step
             base, sidx = nets.pixel_stage(trunk, ctx, s)
             mean = nets.pixel_mean(base, ctx, s)
-            groups.append(self.model.pixels.encode_params(ctx[:, s], mean, sidx))
+            groups.append(self.pixels.encode_params(ctx[:, s], mean, sidx))
         for s in reversed(range(4)):
             starts, freqs = groups[s]
             for c in reversed(range(3)):
@@ -262,19 +298,21 @@ class PatchCoder:
 
     def pop_pixels_context(self, lanes, rows, z1, mask, channels, info) -> np.ndarray:
         """Mirror of push_pixels_context: the patches [n, 3, 32, 32] (padding not yet filled)."""
-        nets = self.model.nets
+        nets = self.nets
         cmask = split_polyphase(mask)
-        ctx = np.full(cmask.shape, 128, dtype=np.int64)
-        grey = np.array([c == 1 for c in channels], dtype=bool)
+        ctx = as_int64(cmask) * 0 + 128
+        grey = ~mask[:, 1].reshape(len(mask), -1).any(1)  # a grey patch codes channel 0 only
         trunk = nets.pixel_trunk(z1)
         for s in range(4):
             base, sidx = nets.pixel_stage(trunk, ctx, s)
             for c in range(3):
-                if not cmask[:, s, c].any():  # grey patches code one channel
+                m = cmask[:, s, c]
+                if not m.any():  # grey patches code one channel
                     continue
                 mean = nets.pixel_mean(base, ctx, s)[:, c]
-                sym = self._pop_family(lanes, rows, self.model.pixels, mean, sidx[:, c], cmask[:, s, c], info)
-                ctx[:, s, c] = np.where(cmask[:, s, c], sym, ctx[:, s, c])  # keeps 128 / a grey patch's copy
+                sym = self._pop_family(lanes, rows, self.pixels, mean, sidx[:, c], m, info)
+                part = ctx[:, s, c]
+                part[m] = sym[m]  # keeps 128 / a grey patch's copy where nothing was coded
                 if c == 0 and grey.any():  # as context_pixels: a grey patch's G and B repeat its R
                     ctx[grey, s, 1:] = ctx[grey, s, :1]
         return merge_polyphase(ctx)
@@ -298,7 +336,7 @@ class PatchCoder:
     def encode(self, lanes: Lanes, rows: np.ndarray, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Code patches x [n,3,32,32] (padding filled) onto lanes ``rows``; returns the
         information content in bits per row (pushes minus pops), the ideal cost of this step."""
-        info = np.zeros(len(rows))
+        info = self._new_info(len(rows))
         L = self.model.cfg.n_layers
         if self.scheme == "bitswap":
             below = x
@@ -319,16 +357,15 @@ class PatchCoder:
     def decode(self, lanes: Lanes, rows: np.ndarray, mask: np.ndarray,
                extents: list[tuple[int, int]], channels: list[int]) -> np.ndarray:
         """Mirror of ``encode``: returns the patches [n,3,32,32] uint8 with padding filled."""
-        info = np.zeros(len(rows))
+        info = self._new_info(len(rows))
         L = self.model.cfg.n_layers
 
         def pixels(z1: np.ndarray) -> np.ndarray:
-            if self.model.nets.pixel_context:
-                x = self.pop_pixels_context(lanes, rows, z1, mask, channels, info).astype(np.uint8)
+            if self.nets.pixel_context:
+                x = as_uint8(self.pop_pixels_context(lanes, rows, z1, mask, channels, info))
             else:
-                x = self.pop_below(lanes, rows, 1, z1, mask, info).astype(np.uint8)
-            for i, ((h, w), c) in enumerate(zip(extents, channels)):
-                fill_padding(x[i], h, w, c)
+                x = as_uint8(self.pop_below(lanes, rows, 1, z1, mask, info))
+            self._fill_padding(x, extents, channels)
             return x
 
         z = self.pop_top(lanes, rows, info)

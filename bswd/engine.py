@@ -50,6 +50,12 @@ class EngineConfig:
     lanes_per_donor: int = 8  # group size: one seeded start per 8 lanes; 1 = every lane starts from seed bits
     donation_words: int = 0  # words a donor gives each receiver (0: 1.25 x what its own first patch took)
     workers: int = 1  # threads coding at once, each with its own lane slots (CPU: one torch thread each)
+    # "numpy": networks on the model's device, ANS in numba on the host; "torch": everything on the
+    # model's device (codec_torch); "auto": torch when the model is on a GPU. Same bytes either way.
+    backend: str = "auto"
+
+
+BACKENDS = ("auto", "numpy", "torch")
 
 
 @dataclass
@@ -149,8 +155,21 @@ class Engine:
     """Codes planes with one resident ``CodingModel`` (its networks live on one device)."""
 
     def __init__(self, model: CodingModel, config: EngineConfig = EngineConfig()):
+        if config.backend not in BACKENDS:
+            raise ValueError(f"unknown engine backend {config.backend!r}; expected one of {BACKENDS}")
         self.model = model
         self.config = config
+
+    def coder(self, scheme: str) -> PatchCoder:
+        """The patch coder for this engine's backend (see EngineConfig.backend)."""
+        backend = self.config.backend
+        if backend == "auto":
+            backend = "torch" if self.model.nets.device.type == "cuda" else "numpy"
+        if backend == "torch":
+            from bswd.codec_torch import TorchPatchCoder
+
+            return TorchPatchCoder(self.model, scheme)
+        return PatchCoder(self.model, scheme)
 
     def lanes_for(self, n_patches: int) -> int:
         c = self.config
@@ -181,7 +200,7 @@ class Engine:
                 lanes += [_Task(i, g + j, -1, -1) for j in range(1, len(members))]
                 donation_tree(lanes)
                 tasks += lanes
-        self._run(tasks, coded, planes, PatchCoder(self.model, scheme), progress)
+        self._run(tasks, coded, planes, self.coder(scheme), progress)
         for t in sorted(tasks, key=lambda t: (t.plane, t.lane)):
             coded[t.plane].lanes.append(t.result)
             coded[t.plane].info_bits += t.info
@@ -211,7 +230,7 @@ class Engine:
                         t.donor, t.donated, t.fork = donor, lane.donated, lane.fork
                         donor.receivers.append(t)
                 tasks += plane_tasks
-            self._run(tasks, coded, out, PatchCoder(self.model, scheme), progress, decode=True)
+            self._run(tasks, coded, out, self.coder(scheme), progress, decode=True)
         return out
 
     # ---- continuous batching -------------------------------------------------------------------
@@ -255,7 +274,7 @@ class Engine:
 
     def _worker(self, queue: _Queue, n_rows: int, k: int, coded: list[CodedPlane], planes: list[np.ndarray],
                 coder: PatchCoder, progress: Progress | None, decode: bool) -> None:
-        lanes = Lanes(n_rows, k, self.model.cfg.precision)
+        lanes = coder.new_lanes(n_rows, k)
         reservoir = reservoir_words(self.model, coder.scheme, k)
         slots: list[_Task | None] = [None] * n_rows
         while True:

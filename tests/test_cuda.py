@@ -1,4 +1,6 @@
-"""CPU <-> GPU: the same .bsw bytes from either device, and each decodes the other's (BUG-05).
+"""CPU <-> GPU: the same .bsw bytes from either device, and each decodes the other's (BUG-05),
+with the GPU engine coding on the device (torch backend: networks, tables and ANS lanes on the
+GPU) and with networks on the GPU and ANS on the host (numpy backend).
 
 Skipped where no CUDA device is visible; run by benchmarks/gpu_session.sh on a lent GPU."""
 
@@ -16,10 +18,11 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
-@pytest.fixture(scope="module")
-def engines(tiny_model_file):
+@pytest.fixture(scope="module", params=["torch", "numpy"])
+def engines(request, tiny_model_file):
     cpu = Engine(load_coding_model(tiny_model_file, "cpu"), EngineConfig(min_patches_per_lane=1))
-    gpu = Engine(load_coding_model(tiny_model_file, "cuda"), EngineConfig(min_patches_per_lane=1))
+    gpu = Engine(load_coding_model(tiny_model_file, "cuda"),
+                 EngineConfig(min_patches_per_lane=1, backend=request.param))
     return cpu, gpu
 
 
@@ -44,5 +47,8 @@ def test_default_model_on_gpu_matches_cpu():
     mf = read_model_file(default_model_path())
     img = noise(96, 96, seed=4)
     a = Engine(load_coding_model(mf, "cpu")).encode([img])
-    b = Engine(load_coding_model(mf, "cuda")).encode([img])
+    gpu = Engine(load_coding_model(mf, "cuda"))  # auto: the torch coder on the GPU
+    assert type(gpu.coder("bitswap")).__name__ == "TorchPatchCoder"
+    b = gpu.encode([img])
     assert lane_bytes(a) == lane_bytes(b)
+    assert np.array_equal(gpu.decode(a)[0], img)

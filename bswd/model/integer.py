@@ -233,54 +233,75 @@ class IntegerModel:
         self.device = torch.device(device)
         self.centres = torch.from_numpy(latent_centres).to(torch.float32).to(self.device)
 
-    def _pixel_input(self, x: np.ndarray) -> Tensor:
-        return torch.from_numpy(x.astype(np.float32) - 128.0).to(self.device)
+    # ---- tensors on the device in and out (codec_torch.TorchPatchCoder) ---------------------------
+    def pixel_input(self, x: Tensor) -> Tensor:
+        """Pixels 0..255 (any integer dtype) -> network input x - 128 as float32."""
+        return x.to(torch.float32) - 128.0
 
-    def _latent_input(self, z: np.ndarray) -> Tensor:
-        return self.centres[torch.from_numpy(z).to(self.device)]
+    def latent_input(self, z: Tensor) -> Tensor:
+        """Latent bins -> the centres of their bins (the network input grid)."""
+        return self.centres[z]
+
+    @torch.inference_mode()
+    def posterior_t(self, level: int, cond: Tensor) -> tuple[Tensor, Tensor]:
+        inp = self.pixel_input(cond) if level == 1 else self.latent_input(cond)
+        return self.posteriors[level - 1](inp)
+
+    @torch.inference_mode()
+    def generative_t(self, level: int, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.priors[level - 1](self.latent_input(z))
+
+    @torch.inference_mode()
+    def pixel_stage_t(self, trunk: Tensor, ctx: Tensor, s: int) -> tuple[Tensor, Tensor]:
+        """(base means, scale indices [B, 3, 16, 16]) of sub-lattice s, from context pixels ctx
+        [B, 4, 3, 16, 16] (any value where not yet decoded)."""
+        return self.priors[0].stage(trunk, self._pixels(ctx), s)
+
+    @torch.inference_mode()
+    def pixel_mean_t(self, base: Tensor, ctx: Tensor, s: int) -> Tensor:
+        return self.priors[0].mean(self._pixels(ctx), s, base)
+
+    def _pixels(self, ctx: Tensor) -> Tensor:
+        """Context pixels [B, 4, 3, 16, 16] (0..255) -> network input (x - 128) [B, 12, 16, 16]."""
+        return self.pixel_input(ctx.reshape(ctx.shape[0], 12, *ctx.shape[3:]))
+
+    # ---- numpy in and out (codec.PatchCoder) ------------------------------------------------------
+    def _tensor(self, a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a).to(self.device)
 
     @staticmethod
     def _out(params: tuple[Tensor, Tensor]) -> tuple[np.ndarray, np.ndarray]:
         return params[0].cpu().numpy(), params[1].cpu().numpy()
 
-    @torch.inference_mode()
     def posterior(self, level: int, cond: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """q(z_level | cond): cond is pixels uint8 [B,3,32,32] for level 1, else bins [B,C,16,16]."""
-        inp = self._pixel_input(cond) if level == 1 else self._latent_input(cond)
-        return self._out(self.posteriors[level - 1](inp))
+        return self._out(self.posterior_t(level, self._tensor(cond)))
 
-    @torch.inference_mode()
     def generative(self, level: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """p(z_{level-1} | z_level); for level 1 the pixel parameters [B,3,32,32]."""
-        return self._out(self.priors[level - 1](self._latent_input(z)))
+        return self._out(self.generative_t(level, self._tensor(z)))
 
     # ---- the pixel-context likelihood (cfg.pixel_context): p(x | z_1) stage by stage ----------------
     @property
     def pixel_context(self) -> bool:
         return isinstance(self.priors[0], IntPixelContext)
 
-    def _pixels(self, ctx: np.ndarray) -> Tensor:
-        """Context pixels [B, 4, 3, 16, 16] (0..255) -> network input (x - 128) [B, 12, 16, 16]."""
-        n = ctx.shape[0]
-        return torch.from_numpy(ctx.reshape(n, 12, *ctx.shape[3:]).astype(np.float32) - 128.0).to(self.device)
-
     @torch.inference_mode()
-    def pixel_trunk(self, z1: np.ndarray) -> Tensor:
+    def pixel_trunk(self, z1: np.ndarray | Tensor) -> Tensor:
         """The stage-independent features of z_1 (kept on the device between stages)."""
-        return self.priors[0].trunk(self._latent_input(z1))
+        z = z1 if isinstance(z1, Tensor) else self._tensor(z1)
+        return self.priors[0].trunk(self.latent_input(z))
 
-    @torch.inference_mode()
     def pixel_stage(self, trunk: Tensor, ctx: np.ndarray, s: int) -> tuple[Tensor, np.ndarray]:
         """(base means on the device, scale indices [B, 3, 16, 16]) of sub-lattice s; ctx holds
         the pixels decoded so far ([B, 4, 3, 16, 16], any value where not yet decoded)."""
-        base, index = self.priors[0].stage(trunk, self._pixels(ctx), s)
+        base, index = self.pixel_stage_t(trunk, self._tensor(ctx), s)
         return base, index.cpu().numpy()
 
-    @torch.inference_mode()
     def pixel_mean(self, base: Tensor, ctx: np.ndarray, s: int) -> np.ndarray:
         """Fixed-point means [B, 3, 16, 16] of sub-lattice s; channel c's is final once ctx holds
         the earlier sub-lattices and channels 0..c-1 of sub-lattice s."""
-        return self.priors[0].mean(self._pixels(ctx), s, base).cpu().numpy()
+        return self.pixel_mean_t(base, self._tensor(ctx), s).cpu().numpy()
 
 
 def exact_splits(weight: np.ndarray, in_bound: int, kernel: int = 1) -> tuple[int, ...]:
