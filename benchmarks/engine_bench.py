@@ -46,33 +46,34 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--side", type=int, default=256)
     ap.add_argument("--images", type=int, default=16)
-    ap.add_argument("--rows", type=int, default=64, help="lanes coded per step")
+    ap.add_argument("--rows", default="64", help="lanes coded per step; a comma list runs each in turn")
     ap.add_argument("--patches-per-lane", type=int, default=128)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"])
     args = ap.parse_args()
     mf = read_model_file(args.model or default_model_path())
-    engine = Engine(load_coding_model(mf, args.device),
-                    EngineConfig(max_rows=args.rows, min_patches_per_lane=args.patches_per_lane,
-                                 backend=args.backend))
+    model = load_coding_model(mf, args.device)
     planes = images(args.side, args.images)
-    engine.encode(planes[:1])  # warm-up: JIT compile and device start-up are not throughput
-    t = time.perf_counter()
-    coded = engine.encode(planes)
-    enc = time.perf_counter() - t
-    t = time.perf_counter()
-    back = engine.decode(coded)
-    dec = time.perf_counter() - t
-    assert all(np.array_equal(a, b) for a, b in zip(planes, back))
-    pix = sum(p.shape[0] * p.shape[1] for p in planes)
-    bits = sum(c.stored_bits for c in coded)
-    lanes = sum(len(c.lanes) for c in coded)
     print(f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, device "
           f"{args.device}, backend {args.backend}, model {mf.model_id}")
-    print(f"{args.images} images {args.side}x{args.side}, {lanes} lanes, {args.rows} rows per step: "
-          f"compress {pix / enc / 1e6:.3f} MPix/s ({3 * pix / enc / 1e6:.3f} MB/s), "
-          f"decompress {pix / dec / 1e6:.3f} MPix/s ({3 * pix / dec / 1e6:.3f} MB/s), "
-          f"{bits / (3 * pix):.3f} bits/dim, all verified")
+    for rows in [int(r) for r in args.rows.split(",")]:
+        engine = Engine(model, EngineConfig(max_rows=rows, min_patches_per_lane=args.patches_per_lane,
+                                            backend=args.backend))
+        engine.encode(planes[:1])  # warm-up: JIT compile and device start-up are not throughput
+        t = time.perf_counter()
+        coded = engine.encode(planes)
+        enc = time.perf_counter() - t
+        t = time.perf_counter()
+        back = engine.decode(coded)
+        dec = time.perf_counter() - t
+        assert all(np.array_equal(a, b) for a, b in zip(planes, back))
+        pix = sum(p.shape[0] * p.shape[1] for p in planes)
+        bits = sum(c.stored_bits for c in coded)
+        lanes = sum(len(c.lanes) for c in coded)
+        print(f"{args.images} images {args.side}x{args.side}, {lanes} lanes, {rows} rows per step: "
+              f"compress {pix / enc / 1e6:.3f} MPix/s ({3 * pix / enc / 1e6:.3f} MB/s), "
+              f"decompress {pix / dec / 1e6:.3f} MPix/s ({3 * pix / dec / 1e6:.3f} MB/s), "
+              f"{bits / (3 * pix):.3f} bits/dim, all verified", flush=True)
 
 
 if __name__ == "__main__":
