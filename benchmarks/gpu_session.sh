@@ -14,10 +14,11 @@ bswd() { python3 -c 'import sys; from bswd.cli import app; sys.argv[0] = "bswd";
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 timeout 120 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py tests/test_ans_torch.py \
   > "$OUT/cuda-tests.txt" 2>&1
-# 64 photos of 512x512, 8 lanes each: up to 512 lanes coded side by side. torch: the whole step
-# on the GPU (codec_torch); numpy: networks on the GPU, ANS in numba on the host.
-timeout 120 python3 benchmarks/engine_bench.py --device cuda --backend torch --side 512 --images 64 \
-  --rows 64,512 --patches-per-lane 32 >> "$OUT/gpu-bench.txt" 2>&1
+# Photos of 512x512, 8 lanes each, up to ROWS lanes coded side by side. torch: the whole step on
+# the GPU (codec_torch); numpy: networks on the GPU, ANS in numba on the host. A lane's 8 heads code
+# its symbols in sequential chunks of 8, so a GPU is filled by many lanes (rows), not by one lane.
+timeout 150 python3 benchmarks/engine_bench.py --device cuda --backend torch --side 512 --images 256 \
+  --rows 512,2048 --patches-per-lane 32 >> "$OUT/gpu-bench.txt" 2>&1
 timeout 80 python3 benchmarks/engine_bench.py --device cuda --backend numpy --side 512 --images 64 \
   --rows 512 --patches-per-lane 32 >> "$OUT/gpu-bench.txt" 2>&1
 timeout 45 python3 benchmarks/ans_torch_bench.py >> "$OUT/gpu-bench.txt" 2>&1
