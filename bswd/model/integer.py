@@ -115,16 +115,11 @@ class IntHead:
         return mean, index
 
 
-@dataclass
-class IntCondNet:
-    """Integer twin of net.CondNet."""
-
-    stem: IntConv
-    blocks: list[tuple[IntConv, IntConv]]
-    up: IntConv | None
-    head: IntHead
-    act_bound: int
-    elu: Tensor  # int64 [2 * act_bound + 1]: elu on the activation grid
+class _IntActivations:
+    """What the integer nets share: the ELU lookup and convs clamped to the activation grid, and
+    the stem + residual blocks trunk (net.ResBlock). Subclasses are dataclasses holding
+    ``stem``, ``blocks``, ``act_bound`` and ``elu`` (int64 [2 * act_bound + 1]: elu on the
+    activation grid)."""
 
     def __post_init__(self) -> None:
         self.elu_input = self.elu.to(torch.float32)  # exact: |elu| <= act_bound < 2**24
@@ -135,15 +130,30 @@ class IntCondNet:
     def conv_act(self, conv: IntConv, a: Tensor) -> Tensor:
         return conv(a, -self.act_bound, self.act_bound)
 
-    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x: float32 integer-valued input -> (mean int64, scale index int64)."""
+    def residual_trunk(self, x: Tensor) -> Tensor:
         bound = self.act_bound
         h = self.stem(x, -bound, bound)
         for conv1, conv2 in self.blocks:
             t = self.conv_act(conv1, self.act_elu(h))
             t = self.conv_act(conv2, self.act_elu(t))
             h = torch.clamp(h + t, -bound, bound)
-        h = self.act_elu(h)
+        return h
+
+
+@dataclass
+class IntCondNet(_IntActivations):
+    """Integer twin of net.CondNet."""
+
+    stem: IntConv
+    blocks: list[tuple[IntConv, IntConv]]
+    up: IntConv | None
+    head: IntHead
+    act_bound: int
+    elu: Tensor
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: float32 integer-valued input -> (mean int64, scale index int64)."""
+        h = self.act_elu(self.residual_trunk(x))
         if self.up is not None:
             h = self.conv_act(self.up, h)
             h = self.act_elu(F.pixel_shuffle(h, 2))
@@ -155,7 +165,7 @@ FIXED_BOUND = 1 << 62  # head outputs are fixed-point parameters, clamped only a
 
 
 @dataclass
-class IntPixelContext:
+class IntPixelContext(_IntActivations):
     """Integer twin of net.PixelContextNet: p(x | z_1) in four polyphase stages.
 
     Pixel inputs are float32 (x - 128) [B, 12, 16, 16]: the four sub-lattices' channels in
@@ -177,23 +187,8 @@ class IntPixelContext:
     index_offset: int
     index_max: int
 
-    def __post_init__(self) -> None:
-        self.elu_input = self.elu.to(torch.float32)
-
-    def act_elu(self, a: Tensor) -> Tensor:
-        return elu_lookup(self.elu_input, a, self.act_bound)
-
-    def conv_act(self, conv: IntConv, a: Tensor) -> Tensor:
-        return conv(a, -self.act_bound, self.act_bound)
-
     def trunk(self, z: Tensor) -> Tensor:
-        bound = self.act_bound
-        h = self.stem(z, -bound, bound)
-        for conv1, conv2 in self.blocks:
-            t = self.conv_act(conv1, self.act_elu(h))
-            t = self.conv_act(conv2, self.act_elu(t))
-            h = torch.clamp(h + t, -bound, bound)
-        return self.act_elu(h)
+        return self.act_elu(self.residual_trunk(z))
 
     def stage(self, h: Tensor, pixels: Tensor, s: int) -> tuple[Tensor, Tensor]:
         """(mean without the linear part and offset, scale index) of sub-lattice s, [B, 3, 16, 16]."""
