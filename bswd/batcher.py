@@ -177,7 +177,7 @@ class Batcher:
         planes = plane_files(f)
         model = self.engine.model
         for p in planes:
-            if p.model_hash != model.sha256:
+            if p.channels and p.model_hash != model.sha256:  # stored planes decode without the model
                 self._end(work, "failed", error=f"written with model {p.model_id!r} "
                           f"({p.model_hash.hex()[:16]}...), this daemon has {model.model_id!r}")
                 return None

@@ -152,11 +152,14 @@ def export(
     run: Path = typer.Argument(..., help="Run folder of `bswd train`."),
     output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.bswm)."),
     model_id: str = typer.Option("", help="Model id stored in the file and in every .bsw (default: the run folder's name)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ) -> None:
-    """Export the integer coding model (weights, CDF tables, config, hash) from a run."""
+    """Export the integer coding model (weights, CDF tables, config, hash) from a run.
+
+    The same checkpoint always exports to the same bytes (and so the same model hash)."""
     from bswd.train_cmd import run_export
 
-    raise typer.Exit(int(run_export(run, output, model_id or run.name)))
+    raise typer.Exit(int(run_export(run, output, model_id or run.name, force)))
 
 
 @app.command("eval")

@@ -185,7 +185,7 @@ def _output_for(source: Path, output: Path | None, n_inputs: int, ext: str) -> P
 def run_decompress(files: list[Path], output: Path | None, model: Path | None, force: bool, device: str,
                    quiet: bool) -> Exit:
     from bswd.engine import StreamError
-    from bswd.files import IntegrityError, ModelMismatch, decompress_many, side_data
+    from bswd.files import IntegrityError, ModelMismatch, decompress_many, needs_model, side_data
     from bswd.images import ImageInputError, side_extension
     from bswd.model.modelfile import ModelFileError
     from bswd.model.registry import ModelNotFound, find_model
@@ -201,13 +201,16 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
             target = _output_for(src, output, len(files), side_extension(side_data(f)))
             if refusal := _target_refusal(src, target, force):
                 raise FileExistsError(refusal)
-            if f.model_hash not in engines:
-                mf = find_model(f.model_hash, f.model_id, [model] if model else None)
-                engines[f.model_hash] = build_engine(mf, device)
+            engine = None  # a file whose planes are all stored (JPEG XL or raw) needs no model
+            if needs_model(f):
+                if f.model_hash not in engines:
+                    mf = find_model(f.model_hash, f.model_id, [model] if model else None)
+                    engines[f.model_hash] = build_engine(mf, device)
+                engine = engines[f.model_hash]
             patches = sum(Geometry(p.height, p.width).n_patches for p in [f] if p.channels)
             t0 = time.perf_counter()
             with progress_bar(patches, "decompress", quiet) as bar:
-                [(image, _)] = decompress_many(engines[f.model_hash], [f], bar)
+                [(image, _)] = decompress_many(engine, [f], bar)
             seconds = time.perf_counter() - t0
             try:
                 atomic_write(target, image, overwrite=force)

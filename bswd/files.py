@@ -171,22 +171,32 @@ def side_data(f: BswFile) -> bytes:
     raise container.CorruptFile("the file has no side-data section")
 
 
-def decompress_many(engine: Engine, files: list[BswFile],
+def needs_model(f: BswFile) -> bool:
+    """True if some plane of the file is model-coded; a file whose planes are all stored (JPEG XL
+    or raw) decodes without any model."""
+    return any(p.channels for p in plane_files(f))
+
+
+def decompress_many(engine: Engine | None, files: list[BswFile],
                     progress: Callable[[int], None] | None = None) -> list[tuple[bytes, str]]:
-    """Decode several parsed .bsw files in one engine run; returns (image bytes, extension) each."""
-    model = engine.model
+    """Decode several parsed .bsw files in one engine run; returns (image bytes, extension) each.
+    ``engine`` may be None when no file needs a model (``needs_model``)."""
     per_file = [plane_files(f) for f in files]
     todo: list[CodedPlane] = []
     for planes in per_file:
         for p in planes:
+            if not p.channels:  # stored: no model involved, whatever model the file names
+                continue
+            if engine is None:
+                raise ModelMismatch(f"model-coded with model {p.model_id!r}, and no model was loaded")
+            model = engine.model
             if p.model_hash != model.sha256:
                 raise ModelMismatch(f"written with model {p.model_id!r} ({p.model_hash.hex()[:16]}...), "
                                     f"not {model.model_id!r} ({model.sha256.hex()[:16]}...)")
-            if p.channels and p.precision != model.cfg.precision:
+            if p.precision != model.cfg.precision:
                 raise ModelMismatch(f"file precision {p.precision} differs from the model's {model.cfg.precision}")
-            if p.channels:
-                todo.append(_to_coded(p))
-    decoded = iter(engine.decode(todo, progress) if todo else [])
+            todo.append(_to_coded(p))
+    decoded = iter(engine.decode(todo, progress) if todo and engine is not None else [])
     out = []
     for f, planes in zip(files, per_file):
         arrays = []

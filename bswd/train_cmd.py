@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -105,13 +104,19 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
     return Exit.OK
 
 
-def run_export(run: Path, output: Path, model_id: str) -> Exit:
+def run_export(run: Path, output: Path, model_id: str, force: bool = False) -> Exit:
     import torch
 
     from bswd.model.net import BitSwapVAE
     from bswd.model.quant import export_model
     from bswd.train import CHECKPOINT, TrainConfig
 
+    if output.exists() and not force:
+        fail(f"{output}: already exists (use --force to overwrite)")
+        return Exit.USAGE
+    if output.is_dir():
+        fail(f"{output}: is a folder; name the model file to write")
+        return Exit.USAGE
     try:
         state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError) as exc:
@@ -121,15 +126,20 @@ def run_export(run: Path, output: Path, model_id: str) -> Exit:
     model = BitSwapVAE(cfg.model)
     model.load_state_dict(state["ema"])
     model.set_quant(True)
+    # Only what the checkpoint holds goes in (no export time): the file's hash names the model in
+    # every .bsw, so exporting the same checkpoint again must give the same file.
     meta = {"train_config": cfg.to_dict(), "step": state["step"],
             "train_hours": round(state["elapsed"] / 3600, 3),
-            "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "quantized_from_step": int(cfg.qat_start * cfg.steps)}
     data_note = run / "data_dir.txt"
     if data_note.exists():
         meta["data"] = "bswd data fetch (see ../shared/data/train-sources.md allow-list), training split"
     mf = export_model(model, model_id, meta)
-    atomic_write(output, mf.to_bytes(), overwrite=True)
+    try:
+        atomic_write(output, mf.to_bytes(), overwrite=force)
+    except OSError as exc:
+        fail(f"{output}: cannot write: {exc}")
+        return Exit.FAILED
     print(f"{output}: model {model_id!r}, sha256 {mf.sha256.hex()}, {output.stat().st_size:,} bytes")
     return Exit.OK
 

@@ -178,13 +178,37 @@ def test_damaged_bsw_fails_with_a_specific_error_bug07(good_bsw, model_path, dam
     assert not (good_bsw.parent / "n.png").exists()
 
 
-def test_other_model_is_refused_by_name_bug05(good_bsw, tmp_path):
+def test_other_model_is_refused_by_name_bug05(tmp_path):
+    from bswd.engine import Engine
+    from bswd.files import compress_images
+    from bswd.images import split_image
+    from bswd.model.quant import load_coding_model
+
+    engine = Engine(load_coding_model(make_model_file()))
+    split = split_image(save_png(tmp_path / "n.png", noise(64, 64, seed=6)).read_bytes(), name="n.png")
+    [res] = compress_images(engine, [split], "bitswap", allow_stored=False)  # model-coded
+    (tmp_path / "n.png").unlink()
+    good_bsw = tmp_path / "n.png.bsw"
+    good_bsw.write_bytes(res.data)
     other = tmp_path / "other.bswm"
     other.write_bytes(make_model_file(seed=1, model_id="other").to_bytes())
     res = bswd("decompress", good_bsw, "--model", other, "-q")
     assert res.exit_code == 1
-    assert "tiny-test" in res.output and "--model" in res.output
+    assert "tiny-test" in res.output and f"the model given, {other} is 'other'" in res.output
+    assert "is another model, and no bundled model matches" in res.output
     assert not (good_bsw.parent / "n.png").exists()
+
+
+def test_a_file_with_no_model_coded_plane_decodes_without_its_model(tmp_path, model_path):
+    """A picture the model lost to raw / JPEG XL is stored as such: decoding it years later must
+    not need the model file it was compressed with."""
+    img = noise(24, 40, seed=9)  # noise: the tiny model loses to raw
+    src = save_png(tmp_path / "n.png", img)
+    assert bswd("compress", src, "--model", model_path, "-q").exit_code == 0
+    src.unlink()
+    res = bswd("decompress", tmp_path / "n.png.bsw")  # the tiny model is not bundled
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(pixels(src), img)
 
 
 def test_inspect_of_a_damaged_file_shows_its_intact_header(tmp_path, good_bsw):

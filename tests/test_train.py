@@ -85,6 +85,26 @@ def test_export_codes_exactly(tmp_path, model):
     assert np.array_equal(engine.decode(engine.encode([img]))[0], img)
 
 
+def test_export_is_deterministic_and_never_replaces_a_file_unasked(tmp_path):
+    """The model hash names the model in every .bsw: exporting a checkpoint again must give the
+    same bytes; an existing output (here an image) is refused without --force."""
+    Trainer(config(2, model=SMALL_CONTEXT), tmp_path / "run", CropPatches()).run()
+    runner = CliRunner()
+    first = runner.invoke(app, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "a.bswm")])
+    second = runner.invoke(app, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "b.bswm")])
+    assert first.exit_code == second.exit_code == 0, first.output
+    assert (tmp_path / "a.bswm").read_bytes() == (tmp_path / "b.bswm").read_bytes()
+    photo = tmp_path / "photo.png"
+    photo.write_bytes((DATA / "home_64x64.png").read_bytes())
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "-o", str(photo)])
+    assert res.exit_code == 2 and "photo.png: already exists (use --force to overwrite)" in res.output
+    assert photo.read_bytes() == (DATA / "home_64x64.png").read_bytes()
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "-o", str(photo), "--force"])
+    assert res.exit_code == 0 and photo.read_bytes() == (tmp_path / "a.bswm").read_bytes()
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "nodir" / "m.bswm")])
+    assert res.exit_code == 1 and "nodir: no such folder" in res.output
+
+
 def test_init_warm_starts_every_matching_tensor(tmp_path):
     """`bswd train --init`: a pixel-context run starts from a factorized run's latent networks."""
     data = CropPatches()

@@ -46,6 +46,12 @@ def find_model(sha256: bytes, model_id: str, extra: list[Path] | None = None) ->
         mf = read_model_file(p)
         if mf.sha256 == sha256:
             return mf
+    given = [(p, read_model_file(p)) for p in extra or []]
+    if given:
+        told = ", ".join(f"{p} is {mf.model_id!r} (sha256 {mf.sha256.hex()})" for p, mf in given)
+        raise ModelNotFound(
+            f"this file was written with model {model_id!r} (sha256 {sha256.hex()}); the model given, {told}, "
+            f"is another model, and no bundled model matches")
     raise ModelNotFound(
         f"this file was written with model {model_id!r} (sha256 {sha256.hex()}), which this "
         f"installation does not have; pass --model PATH to that .bswm file")
