@@ -24,11 +24,10 @@ timeout 80 python3 benchmarks/engine_bench.py --device cuda --backend numpy --si
 timeout 45 python3 benchmarks/ans_torch_bench.py >> "$OUT/gpu-bench.txt" 2>&1
 if [ -d data/photos ]; then
   cp -r "${RUN:-training/m5}" /tmp/run
-  # a finished run only continues with more steps: add MORE_STEPS (default 40000) to its plan
-  python3 -c "import torch; p='/tmp/run/checkpoint.pt'; s=torch.load(p, weights_only=False); \
-s['train_config']['steps'] = s['step'] + int('${MORE_STEPS:-40000}'); torch.save(s, p)"
-  timeout $(( ${TRAIN_MINUTES:-3} * 60 )) \
-    bswd train --resume /tmp/run --data data/photos --device cuda > "$OUT/train.txt" 2>&1
+  # a finished run only continues with more steps: MORE_STEPS (default 40000) beyond where it is
+  step=$(python3 -c "import torch; print(torch.load('/tmp/run/checkpoint.pt', weights_only=False)['step'])")
+  timeout $(( ${TRAIN_MINUTES:-3} * 60 )) bswd train --resume /tmp/run --data data/photos --device cuda \
+    --steps $(( step + ${MORE_STEPS:-40000} )) > "$OUT/train.txt" 2>&1
   cp /tmp/run/checkpoint.pt /tmp/run/log.csv /tmp/run/curve.png "$OUT/" 2>/dev/null
 else
   echo "no data/photos: carry it (bswd data fetch data/photos here first)" > "$OUT/train.txt"

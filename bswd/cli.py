@@ -122,29 +122,40 @@ def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Folder of photographs (see `bswd data fetch`)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder for checkpoints, log.csv and curve.png."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
-    steps: int = typer.Option(6000, help="Total optimizer steps."),
-    batch: int = typer.Option(64, help="Patches per step."),
-    width: int = typer.Option(48, help="Channels of the ResNets."),
-    layers: int = typer.Option(3, help="Latent layers."),
-    latent_channels: int = typer.Option(8, help="Channels of each 16x16 latent layer (fewer than an --init run's: keeps its most informative ones)."),
-    context_width: int = typer.Option(32, help="Channels of the pixel-context stages' conv nets."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Total optimizer steps (default 6000; with --resume: "
+                                                          "a new total, to extend or shorten the run)."),
+    batch: Optional[int] = typer.Option(None, min=1, help="Patches per step (default 64)."),
+    width: Optional[int] = typer.Option(None, min=1, help="Channels of the ResNets (default 48)."),
+    layers: Optional[int] = typer.Option(None, min=1, help="Latent layers (default 3)."),
+    latent_channels: Optional[int] = typer.Option(
+        None, min=1, help="Channels of each 16x16 latent layer (default 8; fewer than an --init run with as many "
+                          "layers: keeps its most informative ones)."),
+    context_width: Optional[int] = typer.Option(None, min=1, help="Channels of the pixel-context stages' conv nets (default 32)."),
     device: str = typer.Option("cpu", help="cpu or cuda (a resumed run may move to another device)."),
-    pixel_context: bool = typer.Option(True, help="Pixel-context likelihood (polyphase stages) instead of a factorized one."),
+    pixel_context: Optional[bool] = typer.Option(None, "--pixel-context/--no-pixel-context",
+                                                 help="Pixel-context likelihood (polyphase stages; the default) or a "
+                                                      "factorized one."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start a new run from another run's weights (every tensor whose name and shape match)."),
-    threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
-    qat_from: float = typer.Option(0.3, "--qat-from", min=0.0, max=1.0,
-                                   help="Fraction of the steps trained in plain float before quantization-aware training "
-                                        "(a run started with --init from a trained model needs little float time)."),
+    threads: int = typer.Option(0, min=0, help="Torch threads (0: torch's default)."),
+    qat_from: Optional[float] = typer.Option(None, "--qat-from", min=0.0, max=1.0,
+                                             help="Fraction of the steps trained in plain float before quantization-aware "
+                                                  "training (default 0.3; a run started with --init from a trained model "
+                                                  "needs little float time)."),
     lr: Optional[float] = typer.Option(None, "--lr", min=1e-6,
                                        help="Starting learning rate (default 2e-3), decaying 4x over the run; "
                                             "fine-tuning from --init wants less."),
 ) -> None:
-    """Train a model (resumable: checkpoints every few minutes)."""
+    """Train a model (resumable: checkpoints every few minutes).
+
+    A new run takes --data and --out; --resume RUN continues one exactly where it stopped, with
+    only --steps, --device, --threads and --data to change."""
     from bswd.train_cmd import run_train
 
-    raise typer.Exit(int(run_train(data, out, resume, steps, batch, width, layers, device,
-                                   pixel_context=pixel_context, init=init, threads=threads, qat_from=qat_from,
-                                   latent_channels=latent_channels, context_width=context_width, lr=lr)))
+    options = {"batch": batch, "width": width, "layers": layers, "latent_channels": latent_channels,
+               "context_width": context_width, "pixel_context": pixel_context, "init": init, "qat_from": qat_from,
+               "lr": lr}
+    raise typer.Exit(int(run_train(data, out, resume, steps, device, threads,
+                                   {k: v for k, v in options.items() if v is not None})))
 
 
 @app.command()

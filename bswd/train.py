@@ -144,6 +144,7 @@ class Trainer:
         self.elapsed = 0.0
         self.val_patches = data.validation(cfg.val_patches)
         self.pruned_from: dict[str, Any] | None = None  # set by init_from when it prunes latent channels
+        self.init_note = ""  # set by init_from: why some of the other run's weights could not be used
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
@@ -185,6 +186,12 @@ class Trainer:
                     for i in range(other.n_layers)]
             weights = prune_latent_channels(weights, other.n_layers, other.latent_channels, keep, means)
             self.pruned_from = {"kept": keep, "kl_bits_per_patch": kl_bits.tolist()}
+        elif other.latent_channels != own_cfg.latent_channels or other.n_layers != own_cfg.n_layers:
+            why = (" (pruning to fewer channels needs as many layers)"
+                   if other.latent_channels > own_cfg.latent_channels else "")
+            self.init_note = (f"note: {checkpoint.parent} has {other.n_layers} latent layers of "
+                              f"{other.latent_channels} channels, this run {own_cfg.n_layers} of "
+                              f"{own_cfg.latent_channels}: only tensors of the same shape are copied{why}")
         own = self.model.state_dict()
         match = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
         self.model.load_state_dict(match, strict=False)
@@ -193,11 +200,16 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: Path, data: PatchSource, device: str | None = None,
-               threads: int | None = None) -> Trainer:
+               threads: int | None = None, steps: int | None = None) -> Trainer:
         """Continue a run; ``device`` may move it (e.g. a CPU run continued on a GPU), ``threads``
-        its torch thread count."""
+        its torch thread count, ``steps`` its planned total (the learning rate follows the new
+        plan from the step it is at)."""
         state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
         cfg = TrainConfig.from_dict(state["train_config"])
+        if steps is not None:
+            if steps <= state["step"]:
+                raise ValueError(f"{run_dir} is at step {state['step']}: --steps must be more than that")
+            cfg = replace(cfg, steps=steps)
         if device is not None:
             cfg = replace(cfg, device=device)
         if threads is not None:

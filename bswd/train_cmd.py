@@ -6,6 +6,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,20 +15,30 @@ from bswd.shell import Exit, atomic_write, build_engine, fail, load_model_file
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".webp"}
 
 
-def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: int, batch: int, width: int,
-              layers: int, device: str, pixel_context: bool = True, init: Path | None = None,
-              threads: int = 0, qat_from: float = 0.3, latent_channels: int = 8, context_width: int = 32,
-              lr: float | None = None) -> Exit:
+NEW_RUN_DEFAULTS = {"steps": 6000, "batch": 64, "width": 48, "layers": 3, "latent_channels": 8,
+                    "context_width": 32, "pixel_context": True, "init": None, "qat_from": 0.3, "lr": None}
+
+
+def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: int | None, device: str,
+              threads: int = 0, options: dict[str, Any] | None = None) -> Exit:
+    """``options``: the new-run settings given (NEW_RUN_DEFAULTS names them); a resumed run keeps
+    its own and refuses them."""
     import torch
 
     from bswd.model.config import ModelConfig
     from bswd.train import CHECKPOINT, PhotoPatches, TrainConfig, Trainer
 
+    options = options or {}
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {device}: no CUDA device is available")
         return Exit.USAGE
     if resume is None and (data is None or out is None):
         fail("give --data and --out for a new run, or --resume RUN")
+        return Exit.USAGE
+    if resume is not None and options:
+        names = ", ".join("--" + k.replace("_", "-") for k in options)
+        fail(f"--resume continues {resume} as it was configured: {names} cannot change "
+             "(only --steps, --device, --threads and --data can)")
         return Exit.USAGE
     run_dir = resume or out
     assert run_dir is not None
@@ -41,24 +52,31 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
                 fail(f"{resume}: the run does not record its data folder; pass --data")
                 return Exit.USAGE
             data = data or Path(note.read_text().strip())
-            trainer = Trainer.resume(resume, PhotoPatches(data), device, threads or None)
+            trainer = Trainer.resume(resume, PhotoPatches(data), device, threads or None, steps)
         else:
             assert data is not None and out is not None
             if (out / CHECKPOINT).exists():
                 fail(f"{out}: already holds a run; use --resume {out}")
                 return Exit.FAILED
+            o = {**NEW_RUN_DEFAULTS, **options, "steps": steps or NEW_RUN_DEFAULTS["steps"]}
+            init = o["init"]
             if init is not None and not (init / CHECKPOINT).exists():
                 fail(f"--init {init}: no {CHECKPOINT} there")
                 return Exit.USAGE
-            rates = {} if lr is None else {"lr": lr, "lr_final": lr / 4}  # the recipe's 4x decay
-            cfg = TrainConfig(steps=steps, batch=batch, device=device, threads=threads, qat_start=qat_from, **rates,
-                              model=ModelConfig(width=width, n_layers=layers, pixel_context=pixel_context,
-                                                latent_channels=latent_channels, context_width=context_width))
+            rates = {} if o["lr"] is None else {"lr": o["lr"], "lr_final": o["lr"] / 4}  # the recipe's 4x decay
+            cfg = TrainConfig(steps=o["steps"], batch=o["batch"], device=device, threads=threads,
+                              qat_start=o["qat_from"], **rates,
+                              model=ModelConfig(width=o["width"], n_layers=o["layers"],
+                                                pixel_context=o["pixel_context"], latent_channels=o["latent_channels"],
+                                                context_width=o["context_width"]))
+            patches = PhotoPatches(data)  # bad data fails here, before the run folder exists
             out.mkdir(parents=True, exist_ok=True)
-            trainer = Trainer(cfg, out, PhotoPatches(data))
+            trainer = Trainer(cfg, out, patches)
             if init is not None:
                 loaded, fresh = trainer.init_from(init / CHECKPOINT)
                 print(f"initialized {loaded} tensors from {init}; {fresh} start fresh", file=sys.stderr)
+                if trainer.init_note:
+                    print(trainer.init_note, file=sys.stderr)
                 if trainer.pruned_from is not None:
                     kept = trainer.pruned_from["kept"]
                     record = {"init": str(init), **trainer.pruned_from}

@@ -175,3 +175,29 @@ def test_cli_run_records_its_quantization_start(tmp_path):
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["qat_start"] == 0.5 and saved["steps"] == 2
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_resume_takes_a_new_step_total_and_refuses_other_settings(tmp_path):
+    """`bswd train --resume RUN --steps N` extends a finished run (the learning rate follows the
+    new plan); settings that would change the run are refused, not silently ignored."""
+    import json
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--data", str(DATA), "--out", str(run), "--steps", "2", "--batch", "4",
+                              "--width", "8", "--layers", "2", "--latent-channels", "2", "--context-width", "4",
+                              "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", "--resume", str(run), "--steps", "3"])
+    assert res.exit_code == 0 and "trained to step 3" in res.output, res.output
+    assert json.loads((run / "train_config.json").read_text())["steps"] == 3
+    res = runner.invoke(app, ["train", "--resume", str(run), "--steps", "3"])
+    assert res.exit_code == 1 and "is at step 3: --steps must be more than that" in res.output
+    res = runner.invoke(app, ["train", "--resume", str(run), "--width", "16", "--lr", "1e-3"])
+    assert res.exit_code == 2
+    assert "--width, --lr cannot change (only --steps, --device, --threads and --data can)" in res.output
+    for bad in (["--batch", "0"], ["--latent-channels", "0"], ["--steps", "0"]):
+        res = runner.invoke(app, ["train", "--data", str(DATA), "--out", str(tmp_path / "bad"), *bad])
+        assert res.exit_code == 2 and "Invalid value" in res.output
+    res = runner.invoke(app, ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "empty")])
+    assert res.exit_code == 1 and not (tmp_path / "empty").exists()  # no run folder left behind
