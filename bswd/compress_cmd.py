@@ -10,7 +10,7 @@ import numpy as np
 
 from bswd import container
 from bswd.codec import Geometry
-from bswd.shell import Exit, atomic_write, build_engine, fail, human_bytes, load_model_file, progress_bar
+from bswd.shell import Exit, atomic_write, build_engine, engine_or_fail, fail, human_bytes, progress_bar
 
 BSW_SUFFIX = ".bsw"
 _SAME_EXT = {".jpeg": ".jpg", ".tif": ".tiff", ".pgm": ".ppm", ".pbm": ".ppm", ".pnm": ".ppm"}
@@ -26,6 +26,10 @@ class _Job:
 
 class _WriteError(Exception):
     """Writing an output failed (the message names the output, not the input)."""
+
+
+class _NameError(Exception):
+    """The output name given does not fit what the input decodes to."""
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -108,11 +112,8 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
         jobs.append(_Job(src, target, data, split))
     if not jobs:
         return status
-    try:
-        mf = load_model_file(model)
-        engine = build_engine(mf, device)
-    except (ValueError, OSError) as exc:
-        fail(str(exc))
+    engine = engine_or_fail(model, device)
+    if engine is None:
         return Exit.FAILED
     patches = sum(Geometry(p.shape[0], p.shape[1]).n_patches for j in jobs for p in j.split.planes)
     t0 = time.perf_counter()
@@ -178,6 +179,12 @@ def _output_for(source: Path, output: Path | None, n_inputs: int, ext: str) -> P
     if _SAME_EXT.get(stem_ext, stem_ext) != _SAME_EXT.get(ext.lower(), ext.lower()):
         base = base + ext if not stem_ext else base[: -len(stem_ext)] + ext
     if output is not None and n_inputs == 1 and not output.is_dir() and output.suffix:
+        given = output.suffix.lower()
+        same_file = output.resolve() == source.resolve()  # refused below, with its own reason
+        if not same_file and _SAME_EXT.get(given, given) != _SAME_EXT.get(ext.lower(), ext.lower()):
+            # decompress gives back the original file; a .jpg name on PNG bytes misleads every viewer
+            raise _NameError(f"{output}: {source} holds a {ext} file (decompress gives back the original, "
+                             f"it does not convert); name the output {output.with_suffix(ext).name}")
         return output
     return (output or source.parent) / base
 
@@ -218,7 +225,7 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
                 raise
             except OSError as exc:
                 raise _WriteError(f"{target}: cannot write: {exc.strerror or exc}") from exc
-        except (FileExistsError, _WriteError) as exc:
+        except (FileExistsError, _WriteError, _NameError) as exc:
             fail(str(exc))
         except OSError as exc:
             fail(f"{src}: {exc.strerror or exc}")

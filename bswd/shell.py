@@ -150,6 +150,16 @@ def build_engine(mf, device: str = "auto", threads: int | None = None, **engine_
     return Engine(model, EngineConfig(**engine_options))
 
 
+def engine_or_fail(model: Path | None, device: str = "auto", threads: int | None = None):
+    """build_engine for a command: the bundled model or ``model``; None after a one-line error
+    (a missing or unreadable model file, a bad or absent device)."""
+    try:
+        return build_engine(load_model_file(model), device, threads=threads)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+        return None
+
+
 @contextmanager
 def progress_bar(total: int, desc: str, quiet: bool) -> Iterator[Callable[[int], None]]:
     """A tqdm bar on stderr counting patches; a no-op when quiet or not on a terminal."""

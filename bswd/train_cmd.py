@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bswd.shell import Exit, atomic_write, build_engine, fail, load_model_file
+from bswd.shell import Exit, atomic_write, engine_or_fail, fail
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".webp"}
 
@@ -172,7 +172,8 @@ def image_paths(paths: list[Path]) -> list[Path]:
     return out
 
 
-def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, out: Path | None = None) -> Exit:
+def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, out: Path | None = None,
+             force: bool = False) -> Exit:
     from PIL import Image
 
     from bswd import container
@@ -184,7 +185,9 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
     if not files:
         fail("no images found in " + ", ".join(map(str, paths)))
         return Exit.FAILED
-    engine = build_engine(load_model_file(model), device)
+    engine = engine_or_fail(model, device)
+    if engine is None:
+        return Exit.FAILED
     header = (f"{'image':32} {'size':>9} {'-ELBO':>7} {'bswd':>7} {'png':>7} {'webp':>7} {'jxl':>7}  (bits/dim; "
               "the model itself: no classical fallback)")
     print(header)
@@ -194,9 +197,9 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
     for path in files:
         try:
             data = path.read_bytes()
+            source = split_image(data, name=str(path), verify=False)  # names what is wrong with a bad file
             with Image.open(io.BytesIO(data)) as im:
                 mode = im.mode
-            source = split_image(data, name=str(path), verify=False)
         except (OSError, ImageInputError) as exc:
             fail(f"{path}: {exc}")
             status = Exit.FAILED
@@ -223,7 +226,7 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             try:
-                atomic_write(out / (path.name + ".bsw"), res.data)
+                atomic_write(out / (path.name + ".bsw"), res.data, overwrite=force)
             except OSError as exc:
                 fail(f"{out / (path.name + '.bsw')}: not written: {exc}")
                 status = Exit.FAILED

@@ -261,3 +261,30 @@ def test_output_file_with_several_inputs_is_a_usage_error(tmp_path, model_path):
     assert not (tmp_path / "one.bsw").exists()
     res = bswd("compress", a, "-o", tmp_path / "no" / "x.bsw", "--model", model_path, "-q")
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_decompress_refuses_an_output_name_of_another_format(tmp_path, model_path):
+    src = save_png(tmp_path / "n.png", noise(16, 16, seed=3))
+    assert bswd("compress", src, "--model", model_path, "-q").exit_code == 0
+    res = bswd("decompress", tmp_path / "n.png.bsw", "-o", tmp_path / "x.jpg", "-q")
+    assert res.exit_code == 1 and "holds a .png file" in res.output and "name the output x.png" in res.output
+    assert not (tmp_path / "x.jpg").exists()
+    res = bswd("decompress", tmp_path / "n.png.bsw", "-o", tmp_path / "x.PNG", "-q")
+    assert res.exit_code == 0 and np.array_equal(pixels(tmp_path / "x.PNG"), pixels(src))
+
+
+def test_eval_and_data_fetch_fail_with_one_line(tmp_path, model_path):
+    img = save_png(tmp_path / "a.png", noise(32, 32, seed=1))
+    res = bswd("eval", img, "--model", tmp_path / "missing.bswm")
+    assert res.exit_code == 1 and "missing.bswm" in res.output and "Traceback" not in res.output
+    res = bswd("eval", img, "--model", model_path, "--device", "tpu")
+    assert res.exit_code == 1 and "unknown device 'tpu'" in res.output
+    (tmp_path / "notes.png").write_text("not an image")
+    res = bswd("eval", tmp_path / "notes.png", img, "--model", model_path)
+    assert res.exit_code == 1 and "BytesIO" not in res.output and "notes.png" in res.output
+    assert bswd("eval", img, "--model", model_path, "--out", tmp_path / "o").exit_code == 0
+    res = bswd("eval", img, "--model", model_path, "--out", tmp_path / "o")
+    assert res.exit_code == 1 and "use --force" in res.output
+    assert bswd("eval", img, "--model", model_path, "--out", tmp_path / "o", "--force").exit_code == 0
+    res = bswd("data", "fetch", img)
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output
