@@ -183,3 +183,13 @@ def test_light_modules_doctests():
     for mod in (bswd.protocol, bswd.config, bswd.jobs, bswd.metrics, bswd.watcher):
         result = doctest.testmod(mod)
         assert result.failed == 0, mod.__name__
+
+
+def test_an_output_folder_without_wait_is_a_usage_error(tmp_path):
+    """-o used to be ignored without --wait: the result went to the daemon's store, not to -o."""
+    f = tmp_path / "a.png"
+    f.write_bytes(png_bytes(8, 8))
+    with FakeDaemon(lambda m: protocol.reply(m, protocol.Code.OK, job=1, state="queued")) as fake:
+        r = _ctl("--endpoint", fake.endpoint, "submit", "-o", str(tmp_path / "out"), str(f))
+    assert r.returncode == Exit.USAGE and "needs --wait" in r.stderr and "bswctl result ID -o DIR" in r.stderr
+    assert not fake.seen and not (tmp_path / "out").exists()

@@ -90,8 +90,9 @@ def test_result_fetches_a_job_submitted_without_wait(daemon, tmp_path):
     assert r.returncode == Exit.OK, r.stderr
     bsw = tmp_path / "fetched" / "later.png.bsw"
     assert bsw.exists() and bsw.read_bytes()[:4] == b"\x89BSW"
+    assert f"later.png -> {bsw}:" in r.stdout  # the job's name, not a made-up path in the output folder
     r = daemon.ctl("result", "999999", "-o", str(tmp_path / "none"))
-    assert r.returncode != Exit.OK
+    assert r.returncode != Exit.OK and not (tmp_path / "none").exists()
 
 
 def test_bad_inputs_fail_with_reasons_and_write_nothing(daemon, tmp_path):

@@ -151,6 +151,10 @@ def submit(
     """Submit files as jobs; with --wait, fetch the results. Exit code: the worst outcome."""
     ctl: Ctl = ctx.obj
     op = "decompress" if decompress else "compress"
+    if output is not None and not wait:  # it used to be ignored silently
+        ctl.warn(f"-o {output} needs --wait: without it the daemon keeps each result; fetch one later with "
+                 "`bswctl result ID -o DIR`")
+        raise typer.Exit(int(Exit.USAGE))
     payloads: list[bytes | None] = []
     for f in files:
         if by_path:
@@ -258,6 +262,7 @@ def _finished(ctl: Ctl, f: Path, info: dict[str, Any], reply: Message, op: str, 
     name = compressed_name(f.name) if op == "compress" else decompressed_name(f.name, ext)
     target = (output or f.parent) / name
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to write
         atomic_write(target, data, overwrite=force)
     except (OSError, FileExistsError) as exc:
         ctl.warn(f"{target}: cannot write: {exc}")
@@ -281,7 +286,6 @@ def result(
 ) -> None:
     """Fetch the outputs of jobs submitted earlier (without --wait, or by a client that went away)."""
     ctl: Ctl = ctx.obj
-    output.mkdir(parents=True, exist_ok=True)
 
     def body(t: Transport) -> Exit:
         codes: list[Exit] = []
@@ -296,7 +300,8 @@ def result(
                 ctl.warn(f"job {job} is {info['state']}; use --wait to wait for it")
                 codes.append(Exit.WAIT_TIMEOUT)
                 continue
-            named.setdefault(info["op"], []).append((output / info["name"], job))
+            # the job's own name (the daemon does not know where its input came from)
+            named.setdefault(info["op"], []).append((Path(info["name"]), job))
         for op, pairs in named.items():
             codes += _wait_all(ctl, t, pairs, op, output, force, wait_timeout)
         return worst(codes) if codes else Exit.OK
