@@ -80,6 +80,9 @@ class WatchFolder:
             raise ConfigError(f"watch {self.input}: op must be compress or decompress, not {self.op!r}")
         if self.settle_s < 0 or self.poll_interval_s <= 0:
             raise ConfigError(f"watch {self.input}: settle_s must be >= 0 and poll_interval_s > 0")
+        if Path(os.path.abspath(self.output)) == Path(os.path.abspath(self.input)):
+            raise ConfigError(f"watch {self.input}: output must be another folder than input "
+                              "(outputs would land among the files being watched)")
         if self.op == "decompress" and self.patterns == DEFAULT_PATTERNS:
             object.__setattr__(self, "patterns", ("*.bsw",))
 
@@ -183,6 +186,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError(value)
             return value
+    except ConfigError:
+        raise  # already names the key and the reason (e.g. a [[watch]] table's bad policy)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: cannot use {value!r} as {getattr(tp, '__name__', tp)}") from exc
     raise ConfigError(f"{name}: unsupported type {tp}")

@@ -94,6 +94,9 @@ class FolderWatcher:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        if not self.folder.input.is_dir():  # made for the operator, but said loudly: it may be a typo
+            self.log.warning("watch folder did not exist; created it", extra={"fields": {
+                "input": str(self.folder.input)}})
         self.folder.input.mkdir(parents=True, exist_ok=True)
         self.folder.output.mkdir(parents=True, exist_ok=True)
         self._observer = self._start_observer(self.folder)

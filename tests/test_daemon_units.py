@@ -139,7 +139,11 @@ def test_config_precedence_file_env_flags(tmp_path):
     with pytest.raises(ConfigError, match="queue_maxx"):
         load_config(cfg, env={})
     cfg.write_text('[[watch]]\ninput = "a"\noutput = "b"\npolicy = "shred"\n')
-    with pytest.raises(ConfigError, match="policy"):
+    with pytest.raises(ConfigError, match="watch a: policy must be one of keep, move, delete-after-verify, "
+                                          "not 'shred'"):
+        load_config(cfg, env={})
+    cfg.write_text('[[watch]]\ninput = "in"\noutput = "./in/"\n')
+    with pytest.raises(ConfigError, match="output must be another folder than input"):
         load_config(cfg, env={})
 
 
