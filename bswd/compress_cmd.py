@@ -59,10 +59,6 @@ def _target_for(source: Path, output: Path | None, n_inputs: int) -> Path:
 def run_compress(files: list[Path], output: Path | None, model: Path | None, scheme: str, compare: bool,
                  allow_lossy_source: bool, verify: bool, force: bool, max_pixels: int, device: str,
                  quiet: bool) -> Exit:
-    from bswd.ans import AnsError
-    from bswd.files import compress_images, decompress_many
-    from bswd.images import ImageInputError, raw_sample_bytes, split_image
-
     if scheme not in ("bitswap", "bbans"):
         fail(f"unknown scheme {scheme!r}; use bitswap or bbans")
         return Exit.USAGE
@@ -82,86 +78,141 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
             return Exit.USAGE
         output.mkdir(parents=True, exist_ok=True)
     status = Exit.OK
-    jobs: list[_Job] = []
+    planned: list[tuple[Path, Path]] = []  # every refusal that needs no reading comes first
     for src in files:
         target = _target_for(src, output, len(files))
-        try:
-            if refusal := _target_refusal(src, target, force):
-                fail(refusal)
+        if refusal := _target_refusal(src, target, force):
+            fail(refusal)
+            status = Exit.FAILED
+        elif any(t == target for _, t in planned):
+            fail(f"{src}: its output {target} is also another input's output")
+            status = Exit.FAILED
+        else:
+            planned.append((src, target))
+    # Inputs are read, coded, verified and written a chunk at a time: outputs appear as they are
+    # done, memory stays bounded with thousands of inputs, and an interrupted run keeps its
+    # finished files.
+    engine = None
+    done = _Done()
+    pending = iter(planned)
+    while True:
+        jobs: list[_Job] = []
+        pixels = 0
+        for src, target in pending:
+            job = _read_job(src, target, max_pixels, allow_lossy_source)
+            if job is None:
                 status = Exit.FAILED
                 continue
-            if any(j.target == target for j in jobs):
-                fail(f"{src}: its output {target} is also another input's output")
-                status = Exit.FAILED
-                continue
-            data = src.read_bytes()
-            split = split_image(data, name=str(src), max_pixels=max_pixels)
-        except OSError as exc:
-            fail(f"{src}: cannot read: {exc.strerror or exc}")
-            status = Exit.FAILED
-            continue
-        except ImageInputError as exc:
-            fail(str(exc))
-            status = Exit.FAILED
-            continue
-        if split.lossy_source and not allow_lossy_source:
-            fail(f"{src}: {split.source_format} is already lossy; storing its decoded pixels losslessly is "
-                 f"usually larger than the {len(data):,}-byte file. Pass --allow-lossy-source to do it anyway.")
-            status = Exit.FAILED
-            continue
-        jobs.append(_Job(src, target, data, split))
-    if not jobs:
-        return status
-    engine = engine_or_fail(model, device)
+            jobs.append(job)
+            pixels += sum(p.shape[0] * p.shape[1] for p in job.split.planes)
+            if pixels >= CHUNK_PIXELS:
+                break
+        if not jobs:
+            break
+        if engine is None:
+            engine = engine_or_fail(model, device)
+            if engine is None:
+                return Exit.FAILED
+        chunk_status = _code_chunk(engine, jobs, scheme, verify, force, compare, max_pixels, quiet, done)
+        if chunk_status is None:  # an internal coding failure: stop here
+            return Exit.FAILED
+        status = max(status, chunk_status)
     if engine is None:
-        return Exit.FAILED
+        return status
+    mb = done.raw_bytes / 1e6
+    speed = (f"compress {mb / max(done.encode_s, 1e-9):.3f} MB/s"
+             + (f", verify-decode {mb / done.decode_s:.3f} MB/s" if done.decode_s else ""))
+    print(f"{done.written} of {len(files)} file(s) written, {human_bytes(done.raw_bytes)} raw pixels coded in "
+          f"{done.encode_s:.1f} s ({speed}, device {engine.model.nets.device})")
+    return status
+
+
+CHUNK_PIXELS = 16_000_000  # pixels read and coded at once by `bswd compress` (a few hundred MB of memory)
+
+
+@dataclass
+class _Done:
+    written: int = 0
+    raw_bytes: int = 0
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+
+
+def _read_job(src: Path, target: Path, max_pixels: int, allow_lossy_source: bool) -> _Job | None:
+    """The input read and split into planes, or None after saying why not."""
+    from bswd.images import ImageInputError, split_image
+
+    try:
+        data = src.read_bytes()
+        split = split_image(data, name=str(src), max_pixels=max_pixels)
+    except OSError as exc:
+        fail(f"{src}: cannot read: {exc.strerror or exc}")
+        return None
+    except ImageInputError as exc:
+        fail(str(exc))
+        return None
+    if split.lossy_source and not allow_lossy_source:
+        fail(f"{src}: {split.source_format} is already lossy; storing its decoded pixels losslessly is "
+             f"usually larger than the {len(data):,}-byte file. Pass --allow-lossy-source to do it anyway.")
+        return None
+    return _Job(src, target, data, split)
+
+
+def _code_chunk(engine, jobs: list[_Job], scheme: str, verify: bool, force: bool, compare: bool, max_pixels: int,
+                quiet: bool, done: _Done) -> Exit | None:
+    """Code, verify and write one chunk of inputs; None after an internal coding failure."""
+    from bswd.ans import AnsError
+    from bswd.files import compress_images, decompress_many
+    from bswd.images import raw_sample_bytes, split_image
+
     patches = sum(Geometry(p.shape[0], p.shape[1]).n_patches for j in jobs for p in j.split.planes)
     t0 = time.perf_counter()
     try:
         with progress_bar(patches, "compress", quiet) as bar:
             results = compress_images(engine, [j.split for j in jobs], scheme, bar)
-    except AnsError as exc:  # an internal coding failure: say so, write nothing
-        fail(f"coding failed ({exc}); nothing written: please report it with the input files")
-        return Exit.FAILED
+    except AnsError as exc:  # an internal coding failure: say so, write nothing more
+        fail(f"coding failed ({exc}); nothing written for {', '.join(str(j.source) for j in jobs)}: "
+             "please report it with the input files")
+        return None
     encode_s = time.perf_counter() - t0
     decode_s = 0.0
+    good = [True] * len(jobs)
     if verify:
         t0 = time.perf_counter()
         with progress_bar(patches, "verify", quiet) as bar:
             rebuilt = decompress_many(engine, [container.decode(r.data) for r in results], bar)
         decode_s = time.perf_counter() - t0
-        again = [split_image(data, name=str(j.source), max_pixels=max_pixels, verify=False)
-                 for j, (data, _) in zip(jobs, rebuilt)]
-        for j, back in zip(jobs, again):
+        for i, (j, (data, _)) in enumerate(zip(jobs, rebuilt)):
+            back = split_image(data, name=str(j.source), max_pixels=max_pixels, verify=False)
             if len(back.planes) != len(j.split.planes) or not all(
                     np.array_equal(a, b) for a, b in zip(back.planes, j.split.planes)):
-                fail(f"{j.source}: verification failed: decoded pixels differ; nothing written")
-                return Exit.FAILED
+                fail(f"{j.source}: verification failed: decoded pixels differ; not written")
+                good[i] = False
     raw_total = sum(r.raw_bytes for r in results)
-    written = 0
-    for j, r in zip(jobs, results):
+    done.raw_bytes += raw_total
+    done.encode_s += encode_s
+    done.decode_s += decode_s
+    status = Exit.OK if all(good) else Exit.FAILED
+    for j, r, ok in zip(jobs, results, good):
+        if not ok:
+            continue
         try:
             atomic_write(j.target, r.data, overwrite=force)
         except OSError as exc:
             fail(f"{j.target}: cannot write: {exc}")
             status = Exit.FAILED
             continue
-        written += 1
+        done.written += 1
         bpd = f"{8 * len(r.data) / r.subpixels:.3f} bits/dim" if r.subpixels else "no model planes"
         print(f"{j.source} -> {j.target}: {len(j.data):,} -> {len(r.data):,} bytes, {bpd}"
               + (f" ({100 * len(r.data) / raw:.1f}% of raw)" if (raw := raw_sample_bytes(j.split.side)
                                                                        or r.raw_bytes) else "")
               + (f"; {r.fallback_planes} plane(s) stored as JPEG XL lossless or raw, smaller than the "
                  f"model's code for them ({r.model_only_bits / r.subpixels:.3f} bits per model-plane sample)"
-                 if r.fallback_planes else ""))
+                 if r.fallback_planes else ""), flush=True)
         if compare and j.split.planes:
             print(_compare_table(j.split.planes[0], r, encode_s * r.raw_bytes / max(1, raw_total),
                                  decode_s * r.raw_bytes / max(1, raw_total)))
-    mb = raw_total / 1e6
-    speed = f"compress {mb / encode_s:.3f} MB/s" + (f", verify-decode {mb / decode_s:.3f} MB/s" if decode_s else "")
-    print(f"{written} of {len(files)} file(s) written, {human_bytes(raw_total)} raw pixels coded in "
-          f"{encode_s:.1f} s ({speed}, "
-          f"device {engine.model.nets.device})")
     return status
 
 

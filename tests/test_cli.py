@@ -288,3 +288,29 @@ def test_eval_and_data_fetch_fail_with_one_line(tmp_path, model_path):
     assert bswd("eval", img, "--model", model_path, "--out", tmp_path / "o", "--force").exit_code == 0
     res = bswd("data", "fetch", img)
     assert res.exit_code == 2 and "is a file, not a folder" in res.output
+
+
+def test_compress_writes_each_chunk_as_it_is_done(tmp_path, model_path, monkeypatch):
+    """Thousands of inputs: read, coded and written a chunk at a time, so an interrupted run keeps
+    what it finished (it used to hold everything and write nothing until the end)."""
+    from bswd import compress_cmd
+
+    monkeypatch.setattr(compress_cmd, "CHUNK_PIXELS", 1)  # one file per chunk
+    real = compress_cmd._code_chunk
+    calls = []
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(args[1][0].source.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compress_cmd, "_code_chunk", interrupted_second)
+    srcs = [save_png(tmp_path / f"{n}.png", noise(16, 16, seed=n)) for n in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        compress_cmd.run_compress(srcs, tmp_path / "out", model_path, "bitswap", False, False, True, False,
+                                  10**6, "cpu", True)
+    assert calls == ["0.png", "1.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png.bsw"]
+    res = bswd("decompress", tmp_path / "out" / "0.png.bsw", "-o", tmp_path / "back.png", "-q")
+    assert res.exit_code == 0 and np.array_equal(pixels(tmp_path / "back.png"), noise(16, 16, seed=0))
