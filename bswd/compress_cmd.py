@@ -210,9 +210,15 @@ def _code_chunk(engine, jobs: list[_Job], scheme: str, verify: bool, force: bool
               + (f"; {r.fallback_planes} plane(s) stored as JPEG XL lossless or raw, smaller than the "
                  f"model's code for them ({r.model_only_bits / r.subpixels:.3f} bits per model-plane sample)"
                  if r.fallback_planes else ""), flush=True)
-        if compare and j.split.planes:
-            print(_compare_table(j.split.planes[0], r, encode_s * r.raw_bytes / max(1, raw_total),
-                                 decode_s * r.raw_bytes / max(1, raw_total)))
+        if compare:
+            plane = j.split.planes[0] if len(j.split.planes) == 1 else None
+            if plane is None or raw_sample_bytes(j.split.side) not in (0, plane.size):
+                # the classical codecs would code one 8-bit plane against the whole .bsw file
+                print(f"{j.source}: --compare skipped: only a picture held in one 8-bit plane compares like for "
+                      "like (this one has frames, alpha, 16-bit samples or no model plane)")
+            else:
+                print(_compare_table(plane, r, encode_s * r.raw_bytes / max(1, raw_total),
+                                     decode_s * r.raw_bytes / max(1, raw_total)))
     return status
 
 

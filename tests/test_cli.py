@@ -314,3 +314,14 @@ def test_compress_writes_each_chunk_as_it_is_done(tmp_path, model_path, monkeypa
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png.bsw"]
     res = bswd("decompress", tmp_path / "out" / "0.png.bsw", "-o", tmp_path / "back.png", "-q")
     assert res.exit_code == 0 and np.array_equal(pixels(tmp_path / "back.png"), noise(16, 16, seed=0))
+
+
+def test_compare_only_compares_like_for_like(tmp_path, model_path):
+    rgb = save_png(tmp_path / "rgb.png", noise(16, 16, seed=1))
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(noise(16, 16, 4, seed=2), "RGBA").save(rgba)
+    res = bswd("compress", rgb, rgba, "-o", tmp_path / "out", "--compare", "--model", model_path, "-q")
+    assert res.exit_code == 0, res.output
+    assert "png" in res.output and "webp" in res.output  # the RGB file's table
+    assert f"{rgba}: --compare skipped: only a picture held in one 8-bit plane" in res.output
+    assert f"{rgb}: --compare skipped" not in res.output
