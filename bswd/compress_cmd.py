@@ -142,6 +142,9 @@ def _read_job(src: Path, target: Path, max_pixels: int, allow_lossy_source: bool
     """The input read and split into planes, or None after saying why not."""
     from bswd.images import ImageInputError, split_image
 
+    if src.exists() and not src.is_file():  # a folder, FIFO or device: reading it could block forever
+        fail(f"{src}: not a regular file" + (" (compress takes files; try DIR/*.png)" if src.is_dir() else ""))
+        return None
     try:
         data = src.read_bytes()
         split = split_image(data, name=str(src), max_pixels=max_pixels)

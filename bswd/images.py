@@ -279,6 +279,8 @@ def _open(data: bytes, name: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
+        if data[:4] == b"\x89BSW":
+            raise NotAnImageError(name, "already a .bsw file (bswd decompress gives back its image)") from exc
         raise NotAnImageError(name, "not an image file Pillow can identify") from exc
     except _DECODE_ERRORS as exc:
         raise _load_error(name, exc) from exc

@@ -325,3 +325,19 @@ def test_compare_only_compares_like_for_like(tmp_path, model_path):
     assert "png" in res.output and "webp" in res.output  # the RGB file's table
     assert f"{rgba}: --compare skipped: only a picture held in one 8-bit plane" in res.output
     assert f"{rgb}: --compare skipped" not in res.output
+
+
+def test_compress_names_a_bsw_input_a_folder_and_a_fifo(tmp_path, model_path):
+    import os
+
+    src = save_png(tmp_path / "a.png", noise(8, 8, seed=3))
+    assert bswd("compress", src, "--model", model_path, "-q").exit_code == 0
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    (tmp_path / "dir").mkdir()
+    res = bswd("compress", tmp_path / "a.png.bsw", fifo, tmp_path / "dir", "-o", tmp_path / "out",
+               "--model", model_path, "-q")
+    assert res.exit_code == 1
+    assert "a.png.bsw: already a .bsw file (bswd decompress gives back its image)" in res.output
+    assert f"{fifo}: not a regular file" in res.output  # and it did not hang reading it
+    assert f"{tmp_path / 'dir'}: not a regular file (compress takes files; try DIR/*.png)" in res.output
