@@ -68,8 +68,11 @@ class IntConv:
 
     def __call__(self, a: Tensor, lo: int, hi: int) -> Tensor:
         """The requantized conv output clamped to [lo, hi] (int64); a: float32 integer-valued."""
-        out = torch.bitwise_right_shift(self._products(a) * self._mult + self._added, self._shift)
-        return torch.clamp(out, lo, hi)
+        # in place on the fresh product tensor: a 512x512 compress took 1.17 s instead of 1.40 s
+        # (one coder thread, side by side in one process, identical bytes)
+        out = self._products(a)
+        out.mul_(self._mult).add_(self._added).bitwise_right_shift_(self._shift)
+        return out.clamp_(lo, hi)
 
     def accumulate(self, a: Tensor) -> Tensor:
         """a: float32 [B, cin, H, W] integer-valued -> int64 [B, cout, H', W'] (bias included)."""
