@@ -1,5 +1,5 @@
 """Golden .bsw files made with every model that was ever the bundled default: they must decode,
-bit-exactly, forever (bswd-default-1 and -2: a factorized pixel likelihood; bswd-default-3: the pixel-context one).
+bit-exactly, forever (bswd-default-1 and -2: a factorized pixel likelihood; bswd-default-3 and -4: the pixel-context one, -4 with 3 latent channels a layer).
 
 When a new default ships, add its tag to MODELS and write its files (existing files are never
 rewritten; a new format version gets new files beside the old ones):
@@ -27,10 +27,12 @@ from bswd.model.registry import find_model
 GOLDEN = Path(__file__).parent / "golden"
 DATA = Path(__file__).parent / "data"
 MODELS = {"": "bswd-default-1.bswm", ".default-2": "bswd-default-2.bswm", ".default-2.donated": "bswd-default-2.bswm",
-          ".default-3": "bswd-default-3.bswm", ".default-3.donated": "bswd-default-3.bswm"}
+          ".default-3": "bswd-default-3.bswm", ".default-3.donated": "bswd-default-3.bswm",
+          ".default-4": "bswd-default-4.bswm", ".default-4.donated": "bswd-default-4.bswm"}
 # the .donated files are format v2: one lane per patch, lanes started from a donor's words
 ENGINES = {".default-2.donated": EngineConfig(min_patches_per_lane=1),
-           ".default-3.donated": EngineConfig(min_patches_per_lane=1)}
+           ".default-3.donated": EngineConfig(min_patches_per_lane=1),
+           ".default-4.donated": EngineConfig(min_patches_per_lane=1)}
 CASES = [(name, scheme, tag) for tag in MODELS for name, scheme in [("messi_96x64.png", "bitswap"),
                                                                       ("cups_37x53.png", "bbans")]]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from bswd.model.modelfile import ModelFile, read_model_file
 
 PACKAGE_MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = "bswd-default-3.bswm"
+DEFAULT_MODEL = "bswd-default-4.bswm"
 
 
 class ModelNotFound(LookupError):
