@@ -230,6 +230,9 @@ def _compare_table(plane: np.ndarray, r, encode_s: float, decode_s: float) -> st
 
     name = "bswd (fallback)" if r.fallback_planes else "bswd"
     rows = [{"name": name, "size_bytes": len(r.data), "encode_s": encode_s, "decode_s": decode_s}]
+    if r.fallback_planes:  # the model's own code (its lanes, no header), so the table shows how it did
+        rows.append({"name": "bswd model (unused)", "size_bytes": -(-r.model_only_bits // 8),
+                     "encode_s": encode_s, "decode_s": 0.0})
     return format_table(rows + compare(plane), n_bytes_raw=plane.size)
 
 

@@ -323,6 +323,7 @@ def test_compare_only_compares_like_for_like(tmp_path, model_path):
     res = bswd("compress", rgb, rgba, "-o", tmp_path / "out", "--compare", "--model", model_path, "-q")
     assert res.exit_code == 0, res.output
     assert "png" in res.output and "webp" in res.output  # the RGB file's table
+    assert "bswd (fallback)" in res.output and "bswd model (unused)" in res.output  # noise: stored raw
     assert f"{rgba}: --compare skipped: only a picture held in one 8-bit plane" in res.output
     assert f"{rgb}: --compare skipped" not in res.output
 
