@@ -136,7 +136,7 @@ def train(
                                                  help="Pixel-context likelihood (polyphase stages; the default) or a "
                                                       "factorized one."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start a new run from another run's weights (every tensor whose name and shape match)."),
-    threads: int = typer.Option(0, min=0, help="Torch threads (0: torch's default)."),
+    threads: int = typer.Option(0, min=0, help="Torch threads (0: BSWD_THREADS if set, else torch's default)."),
     qat_from: Optional[float] = typer.Option(None, "--qat-from", min=0.0, max=1.0,
                                              help="Fraction of the steps trained in plain float before quantization-aware "
                                                   "training (default 0.3; a run started with --init from a trained model "

@@ -269,16 +269,17 @@ class Trainer:
                 t0 = time.monotonic()
                 window.append(self.train_step())
                 self.elapsed += time.monotonic() - t0
+                train_bpd = float(np.mean(window))  # over the steps since the last validation
                 val = None
                 if self.step % cfg.val_every == 0 or self.step == cfg.steps:
                     self.ema.set_quant(self.quant_now())
                     val = evaluate(self.ema, self.val_patches)
-                    writer.writerow([self.step, round(self.elapsed, 1), round(float(np.mean(window)), 4),
+                    writer.writerow([self.step, round(self.elapsed, 1), round(train_bpd, 4),
                                      round(val, 4), learning_rate(cfg, self.step), int(self.quant_now())])
                     fh.flush()
                     window = []
                 if progress is not None:
-                    progress(self.step, float(np.mean(window)) if window else 0.0, val)
+                    progress(self.step, train_bpd, val)
                 if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                     self.save()
                     last_ckpt = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
     from bswd.train import CHECKPOINT, PhotoPatches, TrainConfig, Trainer
 
     options = options or {}
+    threads = threads or int(os.environ.get("BSWD_THREADS") or 0)  # as compress and the daemon
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {device}: no CUDA device is available")
         return Exit.USAGE

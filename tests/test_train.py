@@ -201,3 +201,15 @@ def test_resume_takes_a_new_step_total_and_refuses_other_settings(tmp_path):
         assert res.exit_code == 2 and "Invalid value" in res.output
     res = runner.invoke(app, ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "empty")])
     assert res.exit_code == 1 and not (tmp_path / "empty").exists()  # no run folder left behind
+
+
+def test_train_takes_bswd_threads_and_reports_its_last_train_figure(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("BSWD_THREADS", "1")
+    res = CliRunner().invoke(app, ["train", "--data", str(DATA), "--out", str(tmp_path / "run"), "--steps", "2",
+                                   "--batch", "4", "--width", "8", "--layers", "2", "--latent-channels", "2",
+                                   "--context-width", "4"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["threads"] == 1
+    assert "train_bpd=0.000" not in res.output  # the bar's last figure (it showed 0 after a validation)
