@@ -119,6 +119,9 @@ def run_compress(files: list[Path], output: Path | None, model: Path | None, sch
         status = max(status, chunk_status)
     if engine is None:
         return status
+    if not done.raw_bytes:  # GIFs, palettes... only classical parts: no model speed to report
+        print(f"{done.written} of {len(files)} file(s) written, no model-coded pixels")
+        return status
     mb = done.raw_bytes / 1e6
     speed = (f"compress {mb / max(done.encode_s, 1e-9):.3f} MB/s"
              + (f", verify-decode {mb / done.decode_s:.3f} MB/s" if done.decode_s else ""))
@@ -314,9 +317,11 @@ def describe_bsw(f: container.BswFile, size: int) -> str:
         f"format version   {f.format_version}",
         f"model            {f.model_id} (sha256 {f.model_hash.hex()})",
         f"scheme           {f.scheme}, precision {f.precision} bits, {f.head_width} heads per lane",
-        f"image            {f.width}x{f.height}, {f.channels or 'no'} model channel(s), "
-        f"{len(planes)} plane(s)" + (f", {stored} not model-coded ({jxl} JPEG XL lossless, {stored - jxl} raw): "
-                                     "the model would have been larger" if stored else ""),
+        (f"image            {f.width}x{f.height}, {f.channels or 'no'} model channel(s), "
+         f"{len(planes)} plane(s)" + (f", {stored} not model-coded ({jxl} JPEG XL lossless, {stored - jxl} raw): "
+                                      "the model would have been larger" if stored else ""))
+        if f.channels or stored_channels(f) else
+        "image            no model plane: the whole picture is in the side data (classical lossless parts)",
         f"lanes            {len(f.lanes)} ({', '.join(str(ln.n_patches) for ln in f.lanes) or '-'} patches"
         + (f"; {sum(ln.donor < 0 for ln in f.lanes)} from seed bits, the rest from a donor's words)"
            if any(ln.donor >= 0 for ln in f.lanes) else ")"),

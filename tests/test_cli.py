@@ -342,3 +342,14 @@ def test_compress_names_a_bsw_input_a_folder_and_a_fifo(tmp_path, model_path):
     assert "a.png.bsw: already a .bsw file (bswd decompress gives back its image)" in res.output
     assert f"{fifo}: not a regular file" in res.output  # and it did not hang reading it
     assert f"{tmp_path / 'dir'}: not a regular file (compress takes files; try DIR/*.png)" in res.output
+
+
+def test_a_picture_with_no_model_plane_is_described_as_such(tmp_path, model_path):
+    frames = [Image.fromarray(noise(20, 30, 1, seed=n).squeeze()).convert("P") for n in range(3)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    res = bswd("compress", gif, "--model", model_path, "-q")
+    assert res.exit_code == 0 and "1 of 1 file(s) written, no model-coded pixels" in res.output
+    res = bswd("inspect", tmp_path / "anim.gif.bsw")
+    assert "image            no model plane: the whole picture is in the side data" in res.output
+    assert "1x1" not in res.output
