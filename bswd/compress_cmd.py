@@ -268,6 +268,10 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
         output.mkdir(parents=True, exist_ok=True)
     engines: dict[bytes, object] = {}
     for src in files:
+        if src.exists() and not src.is_file():  # a folder, FIFO or device: reading it could block forever
+            fail(f"{src}: not a regular file")
+            status = Exit.FAILED
+            continue
         try:
             f = container.decode(src.read_bytes())
             # the target is known before decoding: an existing file fails now, not after minutes

@@ -353,3 +353,14 @@ def test_a_picture_with_no_model_plane_is_described_as_such(tmp_path, model_path
     res = bswd("inspect", tmp_path / "anim.gif.bsw")
     assert "image            no model plane: the whole picture is in the side data" in res.output
     assert "1x1" not in res.output
+
+
+def test_decompress_refuses_a_fifo_and_a_folder_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.bsw"
+    os.mkfifo(fifo)
+    (tmp_path / "dir.bsw").mkdir()
+    res = bswd("decompress", fifo, tmp_path / "dir.bsw", "-o", tmp_path / "out", "-q")
+    assert res.exit_code == 1
+    assert f"{fifo}: not a regular file" in res.output and f"{tmp_path / 'dir.bsw'}: not a regular file" in res.output

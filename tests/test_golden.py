@@ -1,5 +1,6 @@
 """Golden .bsw files made with every model that was ever the bundled default: they must decode,
-bit-exactly, forever (bswd-default-1 and -2: a factorized pixel likelihood; bswd-default-3 and -4: the pixel-context one, -4 with 3 latent channels a layer).
+bit-exactly, forever (bswd-default-1 and -2: a factorized pixel likelihood; bswd-default-3 and -4: the
+pixel-context one, -4 with 3 latent channels a layer).
 
 When a new default ships, add its tag to MODELS and write its files (existing files are never
 rewritten; a new format version gets new files beside the old ones):
