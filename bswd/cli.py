@@ -93,6 +93,9 @@ def demo(
 @app.command()
 def inspect(file: Path = typer.Argument(..., help="A .bsw file.")) -> None:
     """Show a .bsw file's format version, model, image size, lanes and payload sizes."""
+    if file.exists() and not file.is_file():  # a folder, FIFO or device: reading it could block forever
+        fail(f"{file}: not a regular file")
+        raise typer.Exit(int(Exit.FAILED))
     try:
         data = file.read_bytes()
         f = container.decode(data)
@@ -123,7 +126,7 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder for checkpoints, log.csv and curve.png."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
     steps: Optional[int] = typer.Option(None, min=1, help="Total optimizer steps (default 6000; with --resume: "
-                                                          "a new total, to extend or shorten the run)."),
+                                                          "a new, larger total, to extend the run)."),
     batch: Optional[int] = typer.Option(None, min=1, help="Patches per step (default 64)."),
     width: Optional[int] = typer.Option(None, min=1, help="Channels of the ResNets (default 48)."),
     layers: Optional[int] = typer.Option(None, min=1, help="Latent layers (default 3)."),

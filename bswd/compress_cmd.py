@@ -265,6 +265,9 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
 
     status = Exit.OK
     if output is not None and (len(files) > 1 or not output.suffix):
+        if output.exists() and not output.is_dir():
+            fail(f"-o {output}: exists and is not a folder (give a folder, or a new file name with one input)")
+            return Exit.USAGE
         output.mkdir(parents=True, exist_ok=True)
     engines: dict[bytes, object] = {}
     for src in files:

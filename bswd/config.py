@@ -80,7 +80,10 @@ class WatchFolder:
             raise ConfigError(f"watch {self.input}: op must be compress or decompress, not {self.op!r}")
         if self.settle_s < 0 or self.poll_interval_s <= 0:
             raise ConfigError(f"watch {self.input}: settle_s must be >= 0 and poll_interval_s > 0")
-        if Path(os.path.abspath(self.output)) == Path(os.path.abspath(self.input)):
+        if self.moved_to is not None and os.path.realpath(self.moved_to) == os.path.realpath(self.input):
+            raise ConfigError(f"watch {self.input}: moved_to must be another folder than input (a moved "
+                              "original would be picked up again, without end)")
+        if os.path.realpath(self.output) == os.path.realpath(self.input):
             raise ConfigError(f"watch {self.input}: output must be another folder than input "
                               "(outputs would land among the files being watched)")
         if self.op == "decompress" and self.patterns == DEFAULT_PATTERNS:

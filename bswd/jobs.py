@@ -206,6 +206,8 @@ class JobStore:
         for p in self.spool_dir.iterdir():
             if p.name not in live:
                 p.unlink(missing_ok=True)
+        for p in self.results_dir.glob(".bswd-*.part"):  # a result being written when the daemon died
+            p.unlink(missing_ok=True)
         return n
 
     # ---- work --------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
     if resume is None and (data is None or out is None):
         fail("give --data and --out for a new run, or --resume RUN")
         return Exit.USAGE
+    if resume is not None and out is not None:
+        fail(f"--resume continues {resume} in its own folder; --out {out} cannot go with it")
+        return Exit.USAGE
     if resume is not None and options:
         names = ", ".join("--" + k.replace("_", "-") for k in options)
         fail(f"--resume continues {resume} as it was configured: {names} cannot change "

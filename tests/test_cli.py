@@ -364,3 +364,13 @@ def test_decompress_refuses_a_fifo_and_a_folder_without_blocking(tmp_path):
     res = bswd("decompress", fifo, tmp_path / "dir.bsw", "-o", tmp_path / "out", "-q")
     assert res.exit_code == 1
     assert f"{fifo}: not a regular file" in res.output and f"{tmp_path / 'dir.bsw'}: not a regular file" in res.output
+
+
+def test_decompress_to_an_existing_file_with_several_inputs_is_a_usage_error(tmp_path, model_path):
+    a = save_png(tmp_path / "a.png", noise(8, 8, seed=1))
+    b = save_png(tmp_path / "b.png", noise(8, 8, seed=2))
+    assert bswd("compress", a, b, "--model", model_path, "-q").exit_code == 0
+    (tmp_path / "plain").write_text("mine")
+    res = bswd("decompress", tmp_path / "a.png.bsw", tmp_path / "b.png.bsw", "-o", tmp_path / "plain", "-q")
+    assert res.exit_code == 2 and "exists and is not a folder" in res.output
+    assert (tmp_path / "plain").read_text() == "mine"

@@ -145,6 +145,18 @@ def test_config_precedence_file_env_flags(tmp_path):
     cfg.write_text('[[watch]]\ninput = "in"\noutput = "./in/"\n')
     with pytest.raises(ConfigError, match="output must be another folder than input"):
         load_config(cfg, env={})
+    # each move renamed the original inside the watched folder: a new file, coded again, without end
+    cfg.write_text('[[watch]]\ninput = "in"\noutput = "out"\npolicy = "move"\nmoved_to = "in/."\n')
+    with pytest.raises(ConfigError, match="moved_to must be another folder than input"):
+        load_config(cfg, env={})
+
+
+def test_recover_removes_a_result_left_half_written(tmp_path):
+    store = JobStore(tmp_path)
+    (store.results_dir / ".bswd-x1y2.part").write_bytes(b"half")
+    (store.results_dir / "7.bsw").write_bytes(b"kept")
+    store.recover()
+    assert sorted(p.name for p in store.results_dir.iterdir()) == ["7.bsw"]
 
 
 def test_resolve_inside_roots(tmp_path):

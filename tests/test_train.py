@@ -193,6 +193,8 @@ def test_resume_takes_a_new_step_total_and_refuses_other_settings(tmp_path):
     assert json.loads((run / "train_config.json").read_text())["steps"] == 3
     res = runner.invoke(app, ["train", "--resume", str(run), "--steps", "3"])
     assert res.exit_code == 1 and "is at step 3: --steps must be more than that" in res.output
+    res = runner.invoke(app, ["train", "--resume", str(run), "--out", str(tmp_path / "elsewhere"), "--steps", "9"])
+    assert res.exit_code == 2 and "--out" in res.output and not (tmp_path / "elsewhere").exists()
     res = runner.invoke(app, ["train", "--resume", str(run), "--width", "16", "--lr", "1e-3"])
     assert res.exit_code == 2
     assert "--width, --lr cannot change (only --steps, --device, --threads and --data can)" in res.output
