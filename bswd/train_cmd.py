@@ -37,6 +37,14 @@ def run_train(data: Path | None, out: Path | None, resume: Path | None, steps: i
     if resume is None and (data is None or out is None):
         fail("give --data and --out for a new run, or --resume RUN")
         return Exit.USAGE
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        fail(f"--device {device}: not a device; use cpu, cuda or cuda:N")
+        return Exit.USAGE
+    if out is not None and out.exists() and not out.is_dir():
+        fail(f"--out {out}: exists and is not a folder")
+        return Exit.USAGE
     if resume is not None and out is not None:
         fail(f"--resume continues {resume} in its own folder; --out {out} cannot go with it")
         return Exit.USAGE
@@ -186,6 +194,9 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
     from bswd.files import compress_images, decompress_many
     from bswd.images import ImageInputError, raw_sample_bytes, split_image
 
+    if scheme not in ("bitswap", "bbans"):
+        fail(f"unknown scheme {scheme!r}; use bitswap or bbans")
+        return Exit.USAGE
     files = image_paths(paths)
     if not files:
         fail("no images found in " + ", ".join(map(str, paths)))
@@ -205,8 +216,12 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
             source = split_image(data, name=str(path), verify=False)  # names what is wrong with a bad file
             with Image.open(io.BytesIO(data)) as im:
                 mode = im.mode
-        except (OSError, ImageInputError) as exc:
-            fail(f"{path}: {exc}")
+        except ImageInputError as exc:
+            fail(str(exc))  # it names the file already
+            status = Exit.FAILED
+            continue
+        except OSError as exc:
+            fail(f"{path}: {exc.strerror or exc}")
             status = Exit.FAILED
             continue
         planes = source.planes

@@ -215,3 +215,17 @@ def test_train_takes_bswd_threads_and_reports_its_last_train_figure(tmp_path, mo
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["threads"] == 1
     assert "train_bpd=0.000" not in res.output  # the bar's last figure (it showed 0 after a validation)
+
+
+def test_train_and_eval_refuse_bad_devices_outputs_and_schemes_in_one_line(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--data", str(DATA), "--out", str(tmp_path / "r"), "--device", "tpu"])
+    assert res.exit_code == 2 and "--device tpu: not a device" in res.output and not (tmp_path / "r").exists()
+    (tmp_path / "file").write_text("x")
+    res = runner.invoke(app, ["train", "--data", str(DATA), "--out", str(tmp_path / "file")])
+    assert res.exit_code == 2 and "exists and is not a folder" in res.output
+    res = runner.invoke(app, ["eval", str(DATA / "home_64x64.png"), "--scheme", "foo"])
+    assert res.exit_code == 2 and "unknown scheme 'foo'" in res.output
+    (tmp_path / "empty.png").write_bytes(b"")
+    res = runner.invoke(app, ["eval", str(tmp_path / "empty.png")])
+    assert res.exit_code == 1 and f"{tmp_path / 'empty.png'}: {tmp_path / 'empty.png'}" not in res.output

@@ -268,7 +268,7 @@ def _finished(ctl: Ctl, f: Path, info: dict[str, Any], reply: Message, op: str, 
         ctl.warn(f"{target}: cannot write: {exc}")
         return Exit.USAGE
     if ctl.json_out:
-        ctl.say(json.dumps({"input": str(f), "output": str(target), **info}))
+        ctl.say(json.dumps({**info, "input": str(f), "output": str(target)}))  # where it is now, not the daemon's copy
     else:
         bpd = f", {info['bits_per_dim']:.3f} bits/dim" if info.get("bits_per_dim") else ""
         ctl.say(f"{f} -> {target}: {info['input_bytes']:,} -> {len(data):,} bytes{bpd} (job {info['id']})")
