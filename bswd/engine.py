@@ -159,17 +159,23 @@ class Engine:
             raise ValueError(f"unknown engine backend {config.backend!r}; expected one of {BACKENDS}")
         self.model = model
         self.config = config
+        self._coders: dict[str, PatchCoder] = {}
 
     def coder(self, scheme: str) -> PatchCoder:
-        """The patch coder for this engine's backend (see EngineConfig.backend)."""
-        backend = self.config.backend
-        if backend == "auto":
-            backend = "torch" if self.model.nets.device.type == "cuda" else "numpy"
-        if backend == "torch":
-            from bswd.codec_torch import TorchPatchCoder
+        """The patch coder for this engine's backend (see EngineConfig.backend), made once per
+        scheme: a torch coder copies the CDF tables to the device, which every call (every daemon
+        batch) would otherwise redo. Coders hold no per-call state."""
+        if scheme not in self._coders:
+            backend = self.config.backend
+            if backend == "auto":
+                backend = "torch" if self.model.nets.device.type == "cuda" else "numpy"
+            if backend == "torch":
+                from bswd.codec_torch import TorchPatchCoder
 
-            return TorchPatchCoder(self.model, scheme)
-        return PatchCoder(self.model, scheme)
+                self._coders[scheme] = TorchPatchCoder(self.model, scheme)
+            else:
+                self._coders[scheme] = PatchCoder(self.model, scheme)
+        return self._coders[scheme]
 
     def lanes_for(self, n_patches: int) -> int:
         c = self.config
