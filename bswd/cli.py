@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from bswd import container
-from bswd.shell import Exit, fail
+from bswd.shell import Exit, fail, not_a_regular_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Lossless image compression with Bit-Swap (bits-back coding with a learned model).")
@@ -93,8 +93,8 @@ def demo(
 @app.command()
 def inspect(file: Path = typer.Argument(..., help="A .bsw file.")) -> None:
     """Show a .bsw file's format version, model, image size, lanes and payload sizes."""
-    if file.exists() and not file.is_file():  # a folder, FIFO or device: reading it could block forever
-        fail(f"{file}: not a regular file")
+    if refusal := not_a_regular_file(file):
+        fail(refusal)
         raise typer.Exit(int(Exit.FAILED))
     try:
         data = file.read_bytes()

@@ -9,8 +9,17 @@ from pathlib import Path
 import numpy as np
 
 from bswd import container
-from bswd.codec import Geometry
-from bswd.shell import Exit, atomic_write, build_engine, engine_or_fail, fail, human_bytes, progress_bar
+from bswd.codec import SCHEMES, Geometry
+from bswd.shell import (
+    Exit,
+    atomic_write,
+    build_engine,
+    engine_or_fail,
+    fail,
+    human_bytes,
+    not_a_regular_file,
+    progress_bar,
+)
 
 BSW_SUFFIX = ".bsw"
 _SAME_EXT = {".jpeg": ".jpg", ".tif": ".tiff", ".pgm": ".ppm", ".pbm": ".ppm", ".pnm": ".ppm"}
@@ -59,7 +68,7 @@ def _target_for(source: Path, output: Path | None, n_inputs: int) -> Path:
 def run_compress(files: list[Path], output: Path | None, model: Path | None, scheme: str, compare: bool,
                  allow_lossy_source: bool, verify: bool, force: bool, max_pixels: int, device: str,
                  quiet: bool) -> Exit:
-    if scheme not in ("bitswap", "bbans"):
+    if scheme not in SCHEMES:
         fail(f"unknown scheme {scheme!r}; use bitswap or bbans")
         return Exit.USAGE
     if max_pixels < 1:
@@ -145,8 +154,8 @@ def _read_job(src: Path, target: Path, max_pixels: int, allow_lossy_source: bool
     """The input read and split into planes, or None after saying why not."""
     from bswd.images import ImageInputError, split_image
 
-    if src.exists() and not src.is_file():  # a folder, FIFO or device: reading it could block forever
-        fail(f"{src}: not a regular file" + (" (compress takes files; try DIR/*.png)" if src.is_dir() else ""))
+    if refusal := not_a_regular_file(src):
+        fail(refusal + (" (compress takes files; try DIR/*.png)" if src.is_dir() else ""))
         return None
     try:
         data = src.read_bytes()
@@ -271,8 +280,8 @@ def run_decompress(files: list[Path], output: Path | None, model: Path | None, f
         output.mkdir(parents=True, exist_ok=True)
     engines: dict[bytes, object] = {}
     for src in files:
-        if src.exists() and not src.is_file():  # a folder, FIFO or device: reading it could block forever
-            fail(f"{src}: not a regular file")
+        if refusal := not_a_regular_file(src):
+            fail(refusal)
             status = Exit.FAILED
             continue
         try:

@@ -22,6 +22,14 @@ def fail(message: str) -> None:
     print(f"bswd: error: {message}", file=sys.stderr)
 
 
+def not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` must not be read as an input (a folder, FIFO or device: reading one can block
+    forever), or None; a missing path is left to the read, which names it."""
+    if path.exists() and not path.is_file():
+        return f"{path}: not a regular file"
+    return None
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":

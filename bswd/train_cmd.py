@@ -191,10 +191,11 @@ def run_eval(paths: list[Path], model: Path | None, device: str, scheme: str, ou
 
     from bswd import container
     from bswd.classical import compare
+    from bswd.codec import SCHEMES
     from bswd.files import compress_images, decompress_many
     from bswd.images import ImageInputError, raw_sample_bytes, split_image
 
-    if scheme not in ("bitswap", "bbans"):
+    if scheme not in SCHEMES:
         fail(f"unknown scheme {scheme!r}; use bitswap or bbans")
         return Exit.USAGE
     files = image_paths(paths)
