@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from bswd.model.config import ModelConfig
-from bswd.model.net import BitSwapVAE, head_params, nats_to_bpd
+from bswd.model.net import BitSwapVAE, nats_to_bpd
 from bswd.model.prune import prune_latent_channels
 
 log = logging.getLogger(__name__)
@@ -93,13 +93,9 @@ def latent_statistics(model: BitSwapVAE, patches: np.ndarray, batch: int = 128) 
         x = torch.from_numpy(patches[i : i + batch]).to(device).float()
         _, _, kl_mean = model(x)
         kl += kl_mean.cpu() * len(x)
-        cond = model.pixel_input(x)
-        for level in range(cfg.n_layers):
-            m, s = model.posteriors[level](cond)
-            mean, logscale = head_params(m, s, cfg.latent_head, model.quant)
-            u = torch.rand_like(mean).clamp(1e-6, 1 - 1e-6)
-            cond = model.latent_input(mean + torch.exp(logscale) * (torch.log(u) - torch.log1p(-u)))
-            means[level] += cond.mean(dim=(0, 2, 3)).cpu() * len(x)
+        samples, _ = model.sample_posteriors(x)
+        for level, z in enumerate(samples):
+            means[level] += model.latent_input(z).mean(dim=(0, 2, 3)).cpu() * len(x)
     torch.random.set_rng_state(gen)
     model.train()
     return kl / len(patches) / math.log(2.0), means / len(patches)

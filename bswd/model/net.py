@@ -328,6 +328,22 @@ class BitSwapVAE(nn.Module):
             return z
         return fake_quant(z, cfg.latent_in_frac, cfg.latent_in_bound)
 
+    def sample_posteriors(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """z_1..z_L drawn from q(z_1 | x), q(z_i | z_{i-1}) (x: float pixels [B, 3, 32, 32]), and
+        log q of each sample."""
+        cfg = self.cfg
+        samples, log_q = [], []
+        cond = self.pixel_input(x)
+        for i in range(cfg.n_layers):
+            m, s = self.posteriors[i](cond)
+            mean, logscale = head_params(m, s, cfg.latent_head, self.quant)
+            u = torch.rand_like(mean).clamp(1e-6, 1 - 1e-6)
+            z = mean + torch.exp(logscale) * (torch.log(u) - torch.log1p(-u))
+            log_q.append(logistic_logpdf(z, mean, logscale))
+            samples.append(z)
+            cond = self.latent_input(z)
+        return samples, log_q
+
     def forward(self, x: Tensor, free_bits_nats: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
         """x: float pixels [B, 3, 32, 32] in [0, 255].
 
@@ -336,18 +352,8 @@ class BitSwapVAE(nn.Module):
         """
         cfg = self.cfg
         q = self.quant
-        log_q = []
         log_p = []
-        samples = []
-        cond = self.pixel_input(x)
-        for i in range(cfg.n_layers):
-            m, s = self.posteriors[i](cond)
-            mean, logscale = head_params(m, s, cfg.latent_head, q)
-            u = torch.rand_like(mean).clamp(1e-6, 1 - 1e-6)
-            z = mean + torch.exp(logscale) * (torch.log(u) - torch.log1p(-u))
-            log_q.append(logistic_logpdf(z, mean, logscale))
-            samples.append(z)
-            cond = self.latent_input(z)
+        samples, log_q = self.sample_posteriors(x)
         for i in range(cfg.n_layers):
             if i == 0 and cfg.pixel_context:
                 m, s = self.priors[0](self.latent_input(samples[0]), self.pixel_input(x))
