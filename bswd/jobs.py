@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bswd.shell import fsync_dir
+from bswd.shell import PARTIAL_PREFIX, PARTIAL_SUFFIX, fsync_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -206,7 +206,7 @@ class JobStore:
         for p in self.spool_dir.iterdir():
             if p.name not in live:
                 p.unlink(missing_ok=True)
-        for p in self.results_dir.glob(".bswd-*.part"):  # a result being written when the daemon died
+        for p in self.results_dir.glob(f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}"):  # being written when the daemon died
             p.unlink(missing_ok=True)
         return n
 

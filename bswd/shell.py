@@ -47,6 +47,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".bswd-", ".part"  # atomic_write's temporary files (what a crash leaves)
+
+
 def atomic_write(path: Path, data: bytes, *, overwrite: bool = False, read_back: bool = False) -> None:
     """Write ``data`` so that ``path`` either does not change or holds all of it, durably.
 
@@ -61,7 +64,7 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool = False, read_back:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     # A short temporary name: one derived from a long final name could exceed NAME_MAX (255).
-    fd, tmp = tempfile.mkstemp(prefix=".bswd-", suffix=".part", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX, dir=folder)
     try:
         umask = os.umask(0)
         os.umask(umask)
